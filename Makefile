@@ -1,0 +1,45 @@
+# mlaas4hep-dask — set-up and everyday commands.  `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+DEMO   := demo-output
+
+.PHONY: install test demo bench lint xrootd-server clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import mlaas4hep_dask, pytest, skhep_testdata"
+	@touch $(STAMP)
+
+# The XRootD tests run a real server: Debian's xrootd-server, installed here when missing.
+xrootd-server:
+	@command -v xrootd >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's xrootd-server for the XRootD tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xrootd-server >/dev/null; \
+	  else echo "xrootd not found and cannot apt-get install it: the XRootD tests will be skipped"; fi; }
+
+test: install xrootd-server
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/mlaas4hep generate --out $(DEMO)/data --events 50000 --files 2 --seed 1
+	$(VENV)/bin/mlaas4hep specs --files $(DEMO)/data/files.txt --params configs/params.json \
+	  --preproc configs/preproc.json --out $(DEMO)/specs.json --scheduler local
+
+bench: install
+	$(PY) benchmarks/specs.py
+
+lint: install
+	$(VENV)/bin/ruff check mlaas4hep_dask tests benchmarks
+	$(VENV)/bin/ruff format --check mlaas4hep_dask tests benchmarks
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) $(DEMO) bench-output .pytest_cache .ruff_cache .mypy_cache

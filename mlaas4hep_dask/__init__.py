@@ -1,0 +1,60 @@
+"""mlaas4hep-dask: Machine Learning as a Service for High-Energy Physics, on Dask.
+
+Read ROOT trees of any size as Dask partitions, describe them (specs), and turn them into
+training data, trained models and predictions.
+
+Examples
+--------
+>>> import mlaas4hep_dask as m
+>>> specs = m.compute_specs("files.txt", "params.json")  # doctest: +SKIP
+>>> specs.save("specs.json")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .config import Params, load_params, read_file_list
+from .errors import (
+    ConfigError,
+    ExpressionError,
+    InputError,
+    InputNotFoundError,
+    MLaaSError,
+    NotRootFileError,
+    RemoteInputError,
+    SchemaError,
+    SpecsError,
+)
+from .generate import generate
+from .io import Dataset, InputFile, open_dataset
+from .specs import BranchSpec, FileSpec, Specs, compute_specs
+
+try:
+    __version__ = version("mlaas4hep-dask")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BranchSpec",
+    "ConfigError",
+    "Dataset",
+    "ExpressionError",
+    "FileSpec",
+    "InputError",
+    "InputFile",
+    "InputNotFoundError",
+    "MLaaSError",
+    "NotRootFileError",
+    "Params",
+    "RemoteInputError",
+    "SchemaError",
+    "Specs",
+    "SpecsError",
+    "__version__",
+    "compute_specs",
+    "generate",
+    "load_params",
+    "open_dataset",
+    "read_file_list",
+]

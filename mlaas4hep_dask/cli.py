@@ -1,0 +1,144 @@
+"""The ``mlaas4hep`` command: thin argument handling over the package's functions.
+
+Every error that a user can cause is printed as one line ``mlaas4hep: error: ...`` and
+exits with status 2; warnings are printed as one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import MLaaSError
+
+__all__ = ["main"]
+
+_MAX_ROWS = 40
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    print(f"mlaas4hep: warning: {message}", file=sys.stderr)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _print_specs(specs: Any, out: Path, seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    files = Table(title="Input files", title_justify="left")
+    for col in ("file", "tree", "entries", "events"):
+        files.add_column(col, justify="left" if col in ("file", "tree") else "right")
+    for f in specs.files:
+        files.add_row(f.path, f.tree, _fmt(f.entries), _fmt(f.nevents))
+    console.print(files)
+
+    table = Table(title="Branches", title_justify="left")
+    table.add_column("branch", overflow="fold")
+    for col in ("kind", "dtype"):
+        table.add_column(col, no_wrap=True)
+    for col in ("min", "max", "mean", "std", "nonfinite", "jdim", "mean len"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, b in list(specs.branches.items())[:_MAX_ROWS]:
+        table.add_row(
+            name, b.kind, b.dtype, _fmt(b.min), _fmt(b.max), _fmt(b.mean), _fmt(b.std),
+            _fmt(b.nonfinite), _fmt(b.jdim), _fmt(b.mean_len),
+        )  # fmt: skip
+    console.print(table)
+    if len(specs.branches) > _MAX_ROWS:
+        console.print(f"... and {len(specs.branches) - _MAX_ROWS} more branches (see {out})")
+    if specs.skipped:
+        console.print(f"skipped {len(specs.skipped)} unsupported branches (listed in {out})")
+    rate = specs.nevents / seconds if seconds > 0 else float("nan")
+    console.print(
+        f"[bold]{specs.nevents}[/] events, [bold]{len(specs.branches)}[/] branches, "
+        f"input dimension [bold]{specs.idim}[/]; {seconds:.1f} s ({rate:,.0f} events/s); written to {out}"
+    )
+
+
+def _cmd_specs(args: argparse.Namespace) -> int:
+    from .cluster import connect
+    from .specs import compute_specs
+
+    start = time.perf_counter()
+    with connect(args.scheduler, n_workers=args.workers) as target:
+        specs = compute_specs(
+            args.files, params=args.params, preproc=args.preproc, client=target, progress=not args.quiet
+        )
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    specs.save(out)
+    if not args.quiet:
+        _print_specs(specs, out, seconds)
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    paths = generate(args.out, events=args.events, files=args.files, seed=args.seed)
+    out = Path(args.out)
+    print(f"wrote {len(paths)} files of {args.events} events to {out} (with files.txt and labels.txt)")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlaas4hep", description="Machine Learning as a Service for HEP, on Dask."
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    specs = sub.add_parser("specs", help="compute the specs of ROOT inputs (one Dask pass)")
+    specs.add_argument("--files", required=True, help="files.txt, or a comma-separated list of paths/URLs")
+    specs.add_argument("--params", help="params.json")
+    specs.add_argument("--preproc", help="preproc.json")
+    specs.add_argument("--out", default="specs.json", help="output specs file (default: %(default)s)")
+    specs.add_argument(
+        "--scheduler",
+        default="local",
+        help="threads, processes, sync, local (LocalCluster, default) or tcp://HOST:PORT",
+    )
+    specs.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
+    specs.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    specs.set_defaults(run=_cmd_specs)
+
+    gen = sub.add_parser("generate", help="write sample ttH vs ttbar ROOT files")
+    gen.add_argument("--out", required=True, help="output directory")
+    gen.add_argument("--events", type=int, default=10_000, help="events per file (default: %(default)s)")
+    gen.add_argument("--files", type=int, default=1, help="files per class (default: %(default)s)")
+    gen.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
+    gen.set_defaults(run=_cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``mlaas4hep`` command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        return int(args.run(args))
+    except MLaaSError as err:
+        print(f"mlaas4hep: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlaas4hep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

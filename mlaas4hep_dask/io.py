@@ -1,0 +1,298 @@
+"""Open ROOT inputs (local, ``root://``, ``http(s)://``) and read them as Dask partitions.
+
+:func:`open_dataset` does the only eager work: it opens each file's metadata (never its
+baskets) to validate it, classify its branches and count its entries.  :meth:`Dataset.to_dask`
+then builds a lazy ``dask_awkward.Array`` with one partition per ``chunk_size`` entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import glob
+import itertools
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+# XRootD's client retries a dead server for minutes by default; fail within seconds instead,
+# and make forked workers safe.  Users can still override these in their environment.
+os.environ.setdefault("XRD_CONNECTIONRETRY", "1")
+os.environ.setdefault("XRD_CONNECTIONWINDOW", "10")
+os.environ.setdefault("XRD_REQUESTTIMEOUT", "60")
+os.environ.setdefault("XRD_RUNFORKHANDLER", "1")
+
+import uproot  # noqa: E402
+
+from ._apportion import apportion  # noqa: E402
+from ._branches import Branch, classify, select_branches  # noqa: E402
+from .config import Params, load_params, read_file_list  # noqa: E402
+from .errors import (  # noqa: E402
+    InputError,
+    InputNotFoundError,
+    NotRootFileError,
+    RemoteInputError,
+    SchemaError,
+)
+
+__all__ = ["Dataset", "InputFile", "open_dataset", "resolve_path"]
+
+_REMOTE = ("root://", "http://", "https://")
+_OPEN_TIMEOUT = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+    """One input file: as given, as opened, its tree and number of entries."""
+
+    path: str
+    url: str
+    tree: str
+    entries: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Validated inputs, ready to be read lazily.
+
+    Attributes
+    ----------
+    files
+        The input files, in the order given.
+    branches
+        The selected, supported branches, in tree order.
+    available
+        Every supported branch of the tree (preprocessing may read ones not selected).
+    skipped
+        Selected branches that cannot be used, with the reason.
+    partitions
+        ``(file index, first entry, stop entry)`` of each Dask partition, in order.
+    params
+        The run parameters.
+    """
+
+    files: tuple[InputFile, ...]
+    branches: Mapping[str, Branch]
+    available: Mapping[str, Branch]
+    skipped: Mapping[str, str]
+    partitions: tuple[tuple[int, int, int], ...]
+    params: Params
+
+    @property
+    def nevents(self) -> int:
+        """Entries that the partitions cover (after ``nevts``)."""
+        return sum(stop - start for _, start, stop in self.partitions)
+
+    def to_dask(self, columns: Sequence[str] | None = None) -> Any:
+        """Return a lazy ``dask_awkward.Array`` over ``columns`` (default: the selected branches).
+
+        Partitions follow :attr:`partitions`; nothing is read until it is computed, and then
+        only the columns that the computation needs.
+
+        Examples
+        --------
+        >>> arr = dataset.to_dask(["MET"])  # doctest: +SKIP
+        >>> arr.npartitions == len(dataset.partitions)  # doctest: +SKIP
+        True
+        """
+        import dask_awkward as dak
+
+        columns = list(self.branches) if columns is None else list(columns)
+        unknown = [c for c in columns if c not in self.available]
+        if unknown:
+            raise SchemaError(f"unknown branches {unknown!r} in tree {self.files[0].tree!r}")
+        steps: dict[int, list[list[int]]] = {}
+        for ifile, start, stop in self.partitions:
+            steps.setdefault(ifile, []).append([start, stop])
+        arrays = []
+        for handler, group in itertools.groupby(steps, key=lambda i: _handler(self.files[i].url, self.params)):
+            spec = {
+                self.files[i].url: {"object_path": self.files[i].tree, "steps": steps[i]} for i in group
+            }
+            arrays.append(
+                uproot.dask(
+                    spec,
+                    filter_name=[glob.escape(c) for c in columns],
+                    full_paths=True,
+                    open_files=False,
+                    handler=handler,
+                    timeout=_OPEN_TIMEOUT,
+                )
+            )
+        return arrays[0] if len(arrays) == 1 else dak.concatenate(arrays)
+
+
+def resolve_path(entry: str, redirector: str = "") -> str:
+    """Turn one ``files.txt`` entry into something uproot opens.
+
+    Local paths are made absolute; ``root://`` and ``http(s)://`` URLs pass through; a bare
+    ``/store/...`` path that does not exist locally gets the ``redirector`` prefixed, as in
+    the original tool.
+
+    Examples
+    --------
+    >>> resolve_path("/store/mc/x.root", "root://eos.example.org:1094/")
+    'root://eos.example.org:1094//store/mc/x.root'
+    """
+    entry = entry.strip()
+    if entry.startswith(_REMOTE):
+        return entry
+    if entry.startswith("file://"):
+        entry = entry[len("file://") :]
+    if entry.startswith("/store/") and redirector and not Path(entry).exists():
+        return f"{redirector.rstrip('/')}/{entry}"
+    return str(Path(entry).expanduser().absolute())
+
+
+def _handler(url: str, params: Params) -> type | None:
+    if url.startswith("root://") and params.xrootd_handler == "xrootd":
+        return uproot.source.xrootd.XRootDSource
+    return None
+
+
+def _open(path: str, url: str, params: Params) -> Any:
+    """Open a ROOT file's directory, turning failures into errors that name the input."""
+    if not url.startswith(_REMOTE):
+        local = Path(url)
+        if not local.exists():
+            raise InputNotFoundError(f"input file {path!r} does not exist")
+        if local.is_dir():
+            raise InputError(f"input {path!r} is a directory, not a ROOT file")
+        with local.open("rb") as fh:
+            if fh.read(4) != b"root":
+                raise NotRootFileError(f"input file {path!r} is not a ROOT file")
+    try:
+        return uproot.open(url, handler=_handler(url, params), timeout=_OPEN_TIMEOUT)
+    except FileNotFoundError:
+        raise InputNotFoundError(f"input file {path!r} does not exist") from None
+    except (TimeoutError, ConnectionError) as err:
+        raise RemoteInputError(f"cannot reach input {path!r}: {err}") from None
+    except ImportError as err:
+        raise InputError(f"cannot open {path!r}: {err}") from None
+    except (OSError, ValueError) as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "not a ROOT file" in text or "expected Chunk" in text:
+            raise NotRootFileError(f"input file {path!r} is not a ROOT file") from None
+        if url.startswith(_REMOTE):
+            raise RemoteInputError(f"cannot read input {path!r}: {text}") from None
+        raise InputError(f"cannot read input {path!r}: {text}") from None
+
+
+def _find_tree(directory: Any, path: str, tree: str | None) -> Any:
+    trees = [k.split(";")[0] for k, v in directory.classnames().items() if v == "TTree"]
+    if tree is None:
+        unique = list(dict.fromkeys(trees))
+        if len(unique) == 1:
+            return directory[unique[0]]
+        if not unique:
+            raise SchemaError(f"input file {path!r} holds no TTree")
+        raise SchemaError(
+            f"input file {path!r} holds several TTrees {unique!r}: choose one with 'tree' in params.json"
+        )
+    try:
+        obj = directory[tree]
+    except KeyError:
+        near = difflib.get_close_matches(tree, trees, n=3) or trees[:5]
+        raise SchemaError(
+            f"input file {path!r} has no tree {tree!r}; trees in it: {', '.join(map(repr, near))}"
+        ) from None
+    if not isinstance(obj, uproot.behaviors.TTree.TTree):
+        raise SchemaError(f"{tree!r} in input file {path!r} is a {obj.classname}, not a TTree")
+    return obj
+
+
+def _inspect(path: str, params: Params) -> tuple[InputFile, dict[str, Branch | str]]:
+    url = resolve_path(path, params.redirector)
+    directory = _open(path, url, params)
+    ttree = _find_tree(directory, path, params.tree)
+    classified: dict[str, Branch | str] = {}
+    for name, branch in ttree.items(recursive=True, full_paths=True):
+        info = classify(name, branch)
+        if info is not None:
+            classified[name] = info
+    tree_path = ttree.object_path.lstrip("/").split(";")[0]
+    return InputFile(path, url, tree_path, int(ttree.num_entries)), classified
+
+
+def _check_same_schema(
+    first: tuple[InputFile, dict[str, Branch | str]],
+    other: tuple[InputFile, dict[str, Branch | str]],
+    needed: Mapping[str, Branch],
+) -> None:
+    missing = [n for n in needed if n not in other[1]]
+    if missing:
+        raise SchemaError(
+            f"input file {other[0].path!r} lacks branches {missing[:5]!r} that {first[0].path!r} has"
+        )
+    differ = [n for n, b in needed.items() if other[1][n] != b]
+    if differ:
+        name = differ[0]
+        raise SchemaError(
+            f"branch {name!r} is {needed[name].dtype} {needed[name].kind} in {first[0].path!r} "
+            f"but {other[1][name]!r} in {other[0].path!r}: all files must have the same branch types"
+        )
+
+
+def _partitions(files: Sequence[InputFile], params: Params) -> tuple[tuple[int, int, int], ...]:
+    entries = [f.entries for f in files]
+    if params.nevts != -1 and params.nevts < sum(entries):
+        entries = apportion(entries, params.nevts)
+    out = []
+    for ifile, n in enumerate(entries):
+        step = n if params.chunk_size == -1 else params.chunk_size
+        out.extend((ifile, start, min(start + step, n)) for start in range(0, n, max(step, 1)))
+    return tuple(out)
+
+
+def open_dataset(
+    files: str | Path | Sequence[str | Path],
+    params: Params | Mapping[str, Any] | str | Path | None = None,
+) -> Dataset:
+    """Validate the input files and return a :class:`Dataset` to read lazily.
+
+    Parameters
+    ----------
+    files
+        A ``files.txt`` path, a comma-separated string, or a list of paths/URLs.
+    params
+        :class:`~mlaas4hep_dask.config.Params`, a dict, a ``params.json`` path, or ``None``.
+
+    Raises
+    ------
+    InputError
+        A file is missing, unreachable or not ROOT.
+    SchemaError
+        The tree or a selected branch is missing, or files differ in their branches.
+
+    Examples
+    --------
+    >>> ds = open_dataset(["ttH_0.root"], {"chunk_size": 10000})  # doctest: +SKIP
+    >>> ds.nevents, list(ds.branches)[:2]  # doctest: +SKIP
+    (50000, ['nJets', 'MET'])
+    """
+    params = load_params(params)
+    paths = read_file_list(files)
+    with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+        inspected = list(pool.map(lambda p: _inspect(p, params), paths))
+    first_file, first_branches = inspected[0]
+    selected, skipped = select_branches(
+        first_branches,
+        params.selected_branches,
+        params.exclude_branches,
+        params.identifier,
+        first_file.path,
+    )
+    available = {n: b for n, b in first_branches.items() if isinstance(b, Branch)}
+    for other in inspected[1:]:
+        _check_same_schema(inspected[0], other, selected)
+    input_files = tuple(f for f, _ in inspected)
+    return Dataset(
+        files=input_files,
+        branches=selected,
+        available=available,
+        skipped=skipped,
+        partitions=_partitions(input_files, params),
+        params=params,
+    )
