@@ -135,7 +135,9 @@ def select_branches(
     if skipped:
         listed = ", ".join(f"{n!r} ({r})" for n, r in list(skipped.items())[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        warnings.warn(f"skipping {len(skipped)} unsupported branches: {listed}{more}", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"skipping {len(skipped)} unsupported branches: {listed}{more}", UserWarning, stacklevel=3
+        )
     if not usable:
         raise SchemaError(f"no usable numeric branch selected in {source!r}")
     return usable, skipped

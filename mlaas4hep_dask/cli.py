@@ -21,7 +21,9 @@ __all__ = ["main"]
 _MAX_ROWS = 40
 
 
-def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+def _show_warning(
+    message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
     print(f"mlaas4hep: warning: {message}", file=sys.stderr)
 
 
@@ -37,7 +39,8 @@ def _print_specs(specs: Any, out: Path, seconds: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    probe = Console()
+    console = Console(width=max(probe.width, 118))  # a readable table beats an 80-column squeeze
     files = Table(title="Input files", title_justify="left")
     for col in ("file", "tree", "entries", "events"):
         files.add_column(col, justify="left" if col in ("file", "tree") else "right")
@@ -46,10 +49,10 @@ def _print_specs(specs: Any, out: Path, seconds: float) -> None:
     console.print(files)
 
     table = Table(title="Branches", title_justify="left")
-    table.add_column("branch", overflow="fold")
+    table.add_column("branch", overflow="fold", min_width=14)
     for col in ("kind", "dtype"):
         table.add_column(col, no_wrap=True)
-    for col in ("min", "max", "mean", "std", "nonfinite", "jdim", "mean len"):
+    for col in ("min", "max", "mean", "std", "nonfinite", "jdim", "mean_len"):
         table.add_column(col, justify="right", no_wrap=True)
     for name, b in list(specs.branches.items())[:_MAX_ROWS]:
         table.add_row(
@@ -113,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
         default="local",
         help="threads, processes, sync, local (LocalCluster, default) or tcp://HOST:PORT",
     )
-    specs.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
+    specs.add_argument(
+        "--workers", type=int, default=None, help="LocalCluster workers (default: one per core)"
+    )
     specs.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     specs.set_defaults(run=_cmd_specs)
 

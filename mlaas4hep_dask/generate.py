@@ -44,7 +44,9 @@ def _jagged(counts: np.ndarray, values: np.ndarray) -> ak.Array:
     return ak.unflatten(values.astype(np.float32), counts)
 
 
-def make_events(n: int, shape: ClassShape, rng: np.random.Generator, first_event: int = 0) -> dict[str, ak.Array | np.ndarray]:
+def make_events(
+    n: int, shape: ClassShape, rng: np.random.Generator, first_event: int = 0
+) -> dict[str, ak.Array | np.ndarray]:
     """Return ``n`` events of one class as the branch arrays that :func:`generate` writes.
 
     Examples
@@ -104,7 +106,9 @@ def _write(path: Path, n: int, shape: ClassShape, rng: np.random.Generator) -> N
         for first in range(0, n, _WRITE_CHUNK):
             chunk = make_events(min(_WRITE_CHUNK, n - first), shape, rng, first_event=first)
             if tree is None:
-                types = {k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in chunk.items()}
+                types = {
+                    k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in chunk.items()
+                }
                 tree = fout.mktree(
                     _TREE,
                     types,

@@ -24,12 +24,12 @@ os.environ.setdefault("XRD_CONNECTIONWINDOW", "10")
 os.environ.setdefault("XRD_REQUESTTIMEOUT", "60")
 os.environ.setdefault("XRD_RUNFORKHANDLER", "1")
 
-import uproot  # noqa: E402
+import uproot
 
-from ._apportion import apportion  # noqa: E402
-from ._branches import Branch, classify, select_branches  # noqa: E402
-from .config import Params, load_params, read_file_list  # noqa: E402
-from .errors import (  # noqa: E402
+from ._apportion import apportion
+from ._branches import Branch, classify, select_branches
+from .config import Params, load_params, read_file_list
+from .errors import (
     InputError,
     InputNotFoundError,
     NotRootFileError,
@@ -107,10 +107,10 @@ class Dataset:
         for ifile, start, stop in self.partitions:
             steps.setdefault(ifile, []).append([start, stop])
         arrays = []
-        for handler, group in itertools.groupby(steps, key=lambda i: _handler(self.files[i].url, self.params)):
-            spec = {
-                self.files[i].url: {"object_path": self.files[i].tree, "steps": steps[i]} for i in group
-            }
+        for handler, group in itertools.groupby(
+            steps, key=lambda i: _handler(self.files[i].url, self.params)
+        ):
+            spec = {self.files[i].url: {"object_path": self.files[i].tree, "steps": steps[i]} for i in group}
             arrays.append(
                 uproot.dask(
                     spec,
@@ -239,7 +239,7 @@ def _partitions(files: Sequence[InputFile], params: Params) -> tuple[tuple[int, 
     entries = [f.entries for f in files]
     if params.nevts != -1 and params.nevts < sum(entries):
         entries = apportion(entries, params.nevts)
-    out = []
+    out: list[tuple[int, int, int]] = []
     for ifile, n in enumerate(entries):
         step = n if params.chunk_size == -1 else params.chunk_size
         out.extend((ifile, start, min(start + step, n)) for start in range(0, n, max(step, 1)))

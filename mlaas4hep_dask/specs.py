@@ -194,7 +194,7 @@ def build_specs_graph(dataset: Dataset, array: Any = None) -> Any:
     """Return one ``dask.delayed`` object computing the :class:`PartitionStats` of everything.
 
     Each partition is reduced to its statistics where it is read; the statistics are then
-    combined in a tree of fan-in 8, so the graph has about ``1.15 ×`` as many tasks as
+    combined in a tree of fan-in 8, so the graph has about ``1.15 times`` as many tasks as
     reading alone.
 
     Parameters

@@ -1,0 +1,121 @@
+"""Real local servers for the tests: Debian's xrootd, and an HTTP server with Range support."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def xrootd_server(files: list[Path]) -> Iterator[str]:
+    """Run ``xrootd`` on a free port serving ``files`` as ``/store/mc/NAME``; yield the base URL.
+
+    Like a CMS storage element, the server exports ``/store`` (mapped onto a temp dir with
+    ``oss.localroot``), so bare ``/store/...`` paths with a redirector can be tested.  xrootd
+    refuses to run as root, so as root it drops to user ``daemon`` (``-R``); the files are
+    made world-readable for that.
+    """
+    binary = shutil.which("xrootd")
+    if binary is None:
+        raise FileNotFoundError("xrootd")
+    localroot = Path(tempfile.mkdtemp(prefix="mlaas4hep-xrootd-"))
+    export = localroot / "store" / "mc"
+    export.mkdir(parents=True)
+    for folder in (localroot, localroot / "store", export):
+        folder.chmod(0o755)
+    for f in files:
+        target = export / f.name
+        shutil.copyfile(f, target)
+        target.chmod(0o644)
+    config = localroot / "xrootd.cfg"
+    config.write_text(f"all.export /store\noss.localroot {localroot}\n")
+    config.chmod(0o644)
+    logdir = Path(tempfile.mkdtemp(prefix="mlaas4hep-xrootd-log-"))
+    logdir.chmod(0o777)
+    port = free_port()
+    cmd = [binary, "-p", str(port), "-c", str(config), "-l", str(logdir / "xrootd.log")]
+    if os.geteuid() == 0:
+        cmd[1:1] = ["-R", "daemon"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"xrootd exited with {proc.returncode}; see {logdir}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("xrootd did not start within 20 s")
+            time.sleep(0.1)
+        yield f"root://127.0.0.1:{port}//store/mc"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(localroot, ignore_errors=True)
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with single ``Range: bytes=a-b`` requests (what fsspec's HTTP client sends)."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        rng = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not rng or not path.is_file():
+            return super().send_head()
+        size = path.stat().st_size
+        first_s, _, last_s = rng.removeprefix("bytes=").partition("-")
+        first = int(first_s) if first_s else max(size - int(last_s), 0)
+        last = min(int(last_s), size - 1) if first_s and last_s else size - 1
+        fh = path.open("rb")
+        fh.seek(first)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.send_header("Content-Length", str(last - first + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self.range_left = last - first + 1
+        return fh
+
+    def copyfile(self, source, outputfile):  # type: ignore[no-untyped-def]
+        left = getattr(self, "range_left", None)
+        if left is None:
+            return super().copyfile(source, outputfile)
+        outputfile.write(source.read(left))
+        return None
+
+
+@contextlib.contextmanager
+def http_server(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` on 127.0.0.1 over HTTP; yield the base URL."""
+
+    def handler(*args: object, **kwargs: object) -> _RangeHandler:
+        return _RangeHandler(*args, directory=str(directory), **kwargs)  # type: ignore[arg-type]
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlaas4hep_dask.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generate_then_specs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["generate", "--out", str(tmp_path / "data"), "--events", "500", "--files", "2", "--seed", "3"])
+        == 0
+    )
+    files = (tmp_path / "data" / "files.txt").read_text().split()
+    assert len(files) == 4
+    assert (tmp_path / "data" / "labels.txt").read_text().split() == ["1", "0", "1", "0"]
+    out = tmp_path / "specs.json"
+    code = main(
+        [
+            "specs",
+            "--files",
+            str(tmp_path / "data" / "files.txt"),
+            "--out",
+            str(out),
+            "--scheduler",
+            "threads",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "2000 events" in printed
+    assert "jetPt" in printed
+    specs = json.loads(out.read_text())
+    assert [f["nevents"] for f in specs["files"]] == [500] * 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--files", "/nonexistent/x.root"], "input file '/nonexistent/x.root' does not exist"),
+        (["--files", "nofiles.txt"], "files list 'nofiles.txt' does not exist"),
+        (["--files", "GEN", "--params", "bad.json"], "bad.json' is not valid JSON"),
+        (["--files", "GEN", "--scheduler", "warp-drive"], "unknown scheduler 'warp-drive'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    generated: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    (tmp_path / "bad.json").write_text("{oops")
+    os.chdir(tmp_path)
+    args = [str(generated[0]) if a == "GEN" else a for a in args]
+    assert main(["specs", *args, "--out", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("mlaas4hep: error: ")
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_console_script_runs(generated: list[Path], tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "mlaas4hep"
+    result = subprocess.run(
+        [str(exe), "specs", "--files", str(generated[0]), "--out", str(tmp_path / "s.json"),
+         "--scheduler", "sync", "-q"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert json.loads((tmp_path / "s.json").read_text())["idim"] > 10
+    bad = subprocess.run(
+        [str(exe), "specs", "--files", "/nope.root"], capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "mlaas4hep: error: input file '/nope.root' does not exist"

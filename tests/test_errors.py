@@ -1,0 +1,89 @@
+"""Every bad input stops with a clear error that names it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import awkward as ak
+import pytest
+import uproot
+
+import mlaas4hep_dask as m
+
+
+def test_missing_local_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.root"
+    with pytest.raises(m.InputNotFoundError, match=r"missing\.root' does not exist") as info:
+        m.compute_specs([missing], client="sync")
+    assert isinstance(info.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize("content", [b"hello, not ROOT", b"\x89PNG" + b"\0" * 5000])
+def test_not_a_root_file(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "fake.root"
+    path.write_bytes(content)
+    with pytest.raises(m.NotRootFileError, match=r"fake\.root' is not a ROOT file"):
+        m.compute_specs([path], client="sync")
+
+
+def test_directory_given_as_file(tmp_path: Path) -> None:
+    with pytest.raises(m.InputError, match="is a directory"):
+        m.compute_specs([f"{tmp_path}/"], client="sync")
+
+
+def test_unknown_tree_lists_the_trees(generated: list[Path]) -> None:
+    with pytest.raises(m.SchemaError, match=r"has no tree 'Events'; trees in it: 'events'"):
+        m.compute_specs(generated, {"tree": "Events"}, client="sync")
+
+
+def test_original_branch_key_names_the_tree(generated: list[Path]) -> None:
+    specs = m.compute_specs(generated, {"branch": "events"}, client="sync")
+    assert specs.files[0].tree == "events"
+
+
+def test_several_trees_need_a_choice(tmp_path: Path) -> None:
+    path = tmp_path / "two.root"
+    with uproot.recreate(path) as f:
+        for name in ("a", "b"):
+            f.mktree(name, {"x": "float32"})
+            f[name].extend({"x": ak.Array([1.0, 2.0])})
+    with pytest.raises(m.SchemaError, match=r"several TTrees \['a', 'b'\]: choose one with 'tree'"):
+        m.compute_specs([path], client="sync")
+    assert m.compute_specs([path], {"tree": "b"}, client="sync").files[0].tree == "b"
+
+
+def test_unknown_branch_suggests_nearest(generated: list[Path]) -> None:
+    with pytest.raises(m.SchemaError, match=r"'jetPT' matches no branch.*nearest: 'jetPt'"):
+        m.compute_specs(generated, {"selected_branches": ["jetPT"]}, client="sync")
+
+
+def test_glob_matching_nothing(generated: list[Path]) -> None:
+    with pytest.raises(m.SchemaError, match=r"'muon\*' matches no branch"):
+        m.compute_specs(generated, {"selected_branches": ["muon*"]}, client="sync")
+
+
+def test_files_with_different_branches(generated: list[Path], tmp_path: Path) -> None:
+    other = tmp_path / "other.root"
+    with uproot.recreate(other) as f:
+        f.mktree("events", {"MET": "float32"})
+        f["events"].extend({"MET": ak.Array([1.0])})
+    with pytest.raises(m.SchemaError, match=r"other.root' lacks branches"):
+        m.compute_specs([generated[0], other], client="sync")
+
+
+def test_files_with_different_types(tmp_path: Path) -> None:
+    paths = []
+    for i, dtype in enumerate(("float32", "float64")):
+        paths.append(tmp_path / f"f{i}.root")
+        with uproot.recreate(paths[-1]) as f:
+            f.mktree("t", {"x": dtype})
+            f["t"].extend({"x": ak.values_astype(ak.Array([1.0]), dtype)})
+    with pytest.raises(m.SchemaError, match=r"'x' is float32 flat in .*f0.root' but .* in .*f1.root'"):
+        m.compute_specs(paths, client="sync")
+
+
+def test_empty_files_list(tmp_path: Path) -> None:
+    files = tmp_path / "files.txt"
+    files.write_text("# only a comment\n\n")
+    with pytest.raises(m.ConfigError, match="names no input file"):
+        m.compute_specs(files, client="sync")

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import mlaas4hep_dask as m
+from mlaas4hep_dask.io import open_dataset
+from mlaas4hep_dask.specs import build_specs_graph
+
+from ._reference import assert_branch_matches, branch_stats, read_all
+
+
+def test_generated_specs_match_direct_computation(generated: list[Path]) -> None:
+    specs = m.compute_specs(generated, {"chunk_size": 700}, client="sync")
+    names = list(specs.branches)
+    data = read_all(generated, "events", names)
+    for name in names:
+        assert_branch_matches(specs.branches[name], branch_stats(data[name]), name)
+    assert [f.nevents for f in specs.files] == [3000, 3000]
+    assert [f.tree for f in specs.files] == ["events", "events"]
+
+
+def test_identifiers_are_not_features_and_kinds_are_right(generated: list[Path]) -> None:
+    specs = m.compute_specs(generated, client="sync")
+    assert "run" not in specs.branches
+    assert "event" not in specs.branches
+    assert specs.branches["nJets"].kind == "flat"
+    assert specs.branches["nJets"].dtype == "int32"
+    assert specs.branches["jetPt"].kind == "jagged"
+    assert specs.branches["jetPt"].dtype == "float32"
+
+
+def test_feature_order_and_idim(generated: list[Path]) -> None:
+    specs = m.compute_specs(generated, {"selected_branches": ["nJets", "MET", "lepton*"]}, client="sync")
+    jdim = specs.branches["leptonPt"].jdim
+    assert specs.flat == ["MET", "nJets"]  # tree order, not selection order
+    assert specs.jagged == ["leptonPt", "leptonEta"]
+    assert specs.features[:2] == ["MET", "nJets"]
+    assert specs.features[2 : 2 + jdim] == [f"leptonPt[{i}]" for i in range(jdim)]
+    assert specs.features[-1] == f"leptonEta[{jdim - 1}]"
+    assert specs.idim == 2 + 2 * jdim == len(specs.to_dict()["features"])
+
+
+def test_chunking_does_not_change_specs(generated: list[Path]) -> None:
+    one = m.compute_specs(generated, {"chunk_size": -1}, client="sync")
+    many = m.compute_specs(generated, {"chunk_size": 333}, client="threads")
+    for name, spec in one.branches.items():
+        other = many.branches[name]
+        assert (spec.min, spec.max, spec.jdim, spec.nonfinite) == (
+            other.min,
+            other.max,
+            other.jdim,
+            other.nonfinite,
+        )
+        assert spec.mean == pytest.approx(other.mean, rel=1e-12)
+        assert spec.std == pytest.approx(other.std, rel=1e-12)
+
+
+def test_partitions_follow_chunk_size_and_nevts(generated: list[Path]) -> None:
+    ds = open_dataset(generated, {"chunk_size": 1000})
+    assert ds.partitions == tuple((i, s, s + 1000) for i in (0, 1) for s in (0, 1000, 2000))
+    assert ds.to_dask().npartitions == 6
+    limited = open_dataset(generated, {"chunk_size": 1000, "nevts": 2500})
+    assert limited.nevents == 2500
+    assert [p for p in limited.partitions if p[0] == 0] == [(0, 0, 1000), (0, 1000, 1250)]
+    specs = m.compute_specs(generated, {"nevts": 2501}, client="sync")
+    assert sorted(f.nevents for f in specs.files) == [1250, 1251]
+
+
+def test_graph_stays_small(generated: list[Path]) -> None:
+    ds = open_dataset(generated, {"chunk_size": 100})
+    graph = build_specs_graph(ds).__dask_graph__()
+    nparts = len(ds.partitions)
+    assert nparts == 60
+    # reading + per-partition stats + the combine tree (fan-in 8), nothing per branch
+    assert len(graph) <= 2 * nparts + nparts // 8 + 10
+
+
+def test_only_selected_columns_are_read(generated: list[Path]) -> None:
+    import dask_awkward as dak
+
+    ds = open_dataset(generated, {"selected_branches": ["MET", "jetPt"]})
+    arr = ds.to_dask()
+    needed = dak.report_necessary_columns(arr[["MET", "jetPt"]])
+    (columns,) = needed.values()
+    assert set(columns) <= {"MET", "jetPt", "nJets"}
+
+
+def test_save_load_roundtrip_and_layout(generated: list[Path], tmp_path: Path) -> None:
+    specs = m.compute_specs(generated, client="sync")
+    path = tmp_path / "specs.json"
+    specs.save(path)
+    data = json.loads(path.read_text())
+    assert data["version"] == 1
+    assert set(data) >= {"files", "branches", "skipped", "features", "idim"}
+    assert data["branches"]["jetPt"]["jdim"] == specs.branches["jetPt"].jdim
+    assert "jdim" not in data["branches"]["MET"]
+    assert m.Specs.load(path) == specs
+
+
+def test_original_specs_format_is_read(tmp_path: Path) -> None:
+    original = {
+        "jdim": {"jetPt": 3},
+        "minv": {"MET": 0.0, "jetPt": 20.0},
+        "maxv": {"MET": 300.0, "jetPt": 500.0},
+        "fkeys": ["MET"],
+        "jkeys": ["jetPt"],
+        "nans": {"MET": 0.0, "jetPt": 0.0},
+        "events": {"total": 30, "a.root": 10, "b.root": 20},
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(original))
+    specs = m.Specs.load(path)
+    assert specs.features == ["MET", "jetPt[0]", "jetPt[1]", "jetPt[2]"]
+    assert specs.branches["jetPt"].max == 500.0
+    assert specs.nevents == 30
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"files": 3}'])
+def test_bad_specs_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "specs.json"
+    path.write_text(content)
+    with pytest.raises(m.SpecsError, match="specs"):
+        m.Specs.load(path)
+
+
+def test_nonfinite_values_are_counted_and_left_out(tmp_path: Path) -> None:
+    import awkward as ak
+    import numpy as np
+    import uproot
+
+    path = tmp_path / "nan.root"
+    with uproot.recreate(path) as f:
+        f.mktree("t", {"x": "float64", "v": "var * float32"})
+        f["t"].extend(
+            {
+                "x": np.array([1.0, np.nan, 3.0, np.inf, -2.0]),
+                "v": ak.Array([[1.0, np.nan], [], [-np.inf, 5.0, 2.0], [0.5], []]),
+            }
+        )
+    specs = m.compute_specs([path], client="sync")
+    x, v = specs.branches["x"], specs.branches["v"]
+    assert (x.min, x.max, x.nonfinite) == (-2.0, 3.0, 2)
+    assert x.mean == pytest.approx(2 / 3)
+    assert (v.min, v.max, v.nonfinite, v.jdim) == (0.5, 5.0, 2, 3)
+    assert v.mean_len == pytest.approx(6 / 5)
+
+
+def test_all_empty_jagged_branch(tmp_path: Path) -> None:
+    import awkward as ak
+    import uproot
+
+    path = tmp_path / "empty.root"
+    with uproot.recreate(path) as f:
+        f.mktree("t", {"x": "int32", "v": "var * float32"})
+        f["t"].extend({"x": ak.Array([1, 2]), "v": ak.Array([[], []])})
+    specs = m.compute_specs([path], client="sync")
+    v = specs.branches["v"]
+    assert (v.min, v.max, v.mean, v.std, v.jdim, v.mean_len) == (None, None, None, None, 0, 0.0)
+    assert specs.features == ["x", "nv"]  # the counter branch uproot wrote is a flat branch
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_local_cluster_gives_identical_specs(generated: list[Path]) -> None:
+    from mlaas4hep_dask.cluster import connect
+
+    reference = m.compute_specs(generated, {"chunk_size": 500}, client="sync")
+    with connect("local", n_workers=2) as client:
+        specs = m.compute_specs(generated, {"chunk_size": 500}, client=client)
+    assert specs.files == reference.files
+    for name, spec in reference.branches.items():
+        other = specs.branches[name]
+        assert (spec.min, spec.max, spec.jdim) == (other.min, other.max, other.jdim)
+        assert spec.mean == pytest.approx(other.mean, rel=1e-12)
