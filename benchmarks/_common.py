@@ -1,0 +1,71 @@
+"""Shared helpers of the benchmarks: data sets, a baseline, peak memory of a process tree."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def ensure_data(folder: Path, events: int, files_per_class: int, seed: int = 11) -> list[Path]:
+    """Generated files of ``events`` events in total, written once and reused."""
+    from mlaas4hep_dask.generate import generate
+
+    per_file = events // (2 * files_per_class)
+    marker = folder / f".complete-{per_file}x{files_per_class}"
+    if not marker.exists():
+        print(f"generating {events:,} events into {folder} ...", flush=True)
+        generate(folder, events=per_file, files=files_per_class, seed=seed)
+        marker.touch()
+    return [Path(line) for line in (folder / "files.txt").read_text().split()]
+
+
+def compressed_bytes(files: list[Path], tree: str, branches: list[str]) -> int:
+    """Compressed size of the branches read (what crosses the disk or the network)."""
+    import uproot
+
+    total = 0
+    for path in files:
+        t = uproot.open(path)[tree]
+        total += sum(t[b].compressed_bytes for b in branches)
+    return total
+
+
+def run_measured(args: list[str]) -> dict[str, Any]:
+    """Run ``python args...`` that prints one JSON line; add the peak RSS of its process tree."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                rss = 0
+                for p in procs:
+                    with contextlib.suppress(psutil.Error):
+                        rss += p.memory_info().rss
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, _ = proc.communicate()
+    done.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark step {args} failed with {proc.returncode}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["peak_rss_mb"] = peak / 2**20
+    return result

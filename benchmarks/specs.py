@@ -1,0 +1,110 @@
+"""Specs-pass throughput vs plain ``uproot.iterate`` on the same branches, and peak memory.
+
+Usage: ``python benchmarks/specs.py [--events 2000000] [--workers 1 2] [--scales 1 4]``
+
+Every measurement runs in a fresh process; the peak RSS is that of its whole process tree
+(client, nanny and workers).  Cluster start-up is not timed, only the pass itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import compressed_bytes, ensure_data, run_measured
+
+TREE = "events"
+
+
+def _branches(files: list[Path]) -> list[str]:
+    from mlaas4hep_dask.io import open_dataset
+
+    return list(open_dataset([str(f) for f in files]).branches)
+
+
+def step_baseline(files: list[str], chunk_size: int) -> None:
+    import uproot
+
+    branches = _branches([Path(f) for f in files])
+    start = time.perf_counter()
+    events = 0
+    for chunk in uproot.iterate(dict.fromkeys(files, TREE), branches, step_size=chunk_size, library="ak"):
+        events += len(chunk)
+    print(json.dumps({"events": events, "seconds": time.perf_counter() - start}))
+
+
+def step_specs(files: list[str], chunk_size: int, workers: int) -> None:
+    from distributed import Client, LocalCluster
+
+    import mlaas4hep_dask as m
+
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        client.wait_for_workers(workers)
+        start = time.perf_counter()
+        specs = m.compute_specs(files, {"chunk_size": chunk_size}, client=client)
+        seconds = time.perf_counter() - start
+    print(json.dumps({"events": specs.nevents, "seconds": seconds}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2_000_000, help="events at scale 1x")
+    parser.add_argument("--files-per-class", type=int, default=2)
+    parser.add_argument("--chunk-size", type=int, default=200_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--out", type=Path, default=Path("bench-output"))
+    parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.step:  # inside a measured subprocess
+        kind, *rest = args.step
+        files = rest[:-1] if kind == "baseline" else rest[:-2]
+        if kind == "baseline":
+            step_baseline(files, int(rest[-1]))
+        else:
+            step_specs(files, int(rest[-2]), int(rest[-1]))
+        return
+
+    me = str(Path(__file__).resolve())
+    rows = []
+    for scale in args.scales:
+        files = ensure_data(args.out / f"data-{scale}x", args.events * scale, args.files_per_class * scale)
+        names = [str(f) for f in files]
+        mbytes = compressed_bytes(files, TREE, _branches(files)) / 1e6
+        base = run_measured([me, "--step", "baseline", *names, str(args.chunk_size)])
+        base_rate = base["events"] / base["seconds"]
+        rows.append(("uproot.iterate (1 process)", scale, base, base_rate, mbytes, 1.0))
+        for workers in args.workers if scale == args.scales[0] else [max(args.workers)]:
+            res = run_measured([me, "--step", "specs", *names, str(args.chunk_size), str(workers)])
+            rate = res["events"] / res["seconds"]
+            rows.append((f"mlaas4hep specs, {workers} worker(s)", scale, res, rate, mbytes, rate / base_rate))
+
+    header = (
+        f"{'what':34} {'scale':>5} {'events':>11} {'events/s':>11} {'MB/s':>7} {'ratio':>6} {'peak RSS':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    table = []
+    for what, scale, res, rate, mbytes, ratio in rows:
+        mbps = mbytes / res["seconds"]
+        print(
+            f"{what:34} {scale:>4}x {res['events']:>11,} {rate:>11,.0f} {mbps:>7.0f} "
+            f"{ratio:>6.2f} {res['peak_rss_mb']:>6.0f} MB"
+        )
+        table.append(
+            {"what": what, "scale": scale, **res, "events_per_s": rate, "mb_per_s": mbps, "ratio": ratio}
+        )
+    (args.out / "specs-benchmark.json").write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
