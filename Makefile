@@ -31,7 +31,7 @@ test: install xrootd-server
 demo: install
 	$(VENV)/bin/mlaas4hep generate --out $(DEMO)/data --events 50000 --files 2 --seed 1
 	$(VENV)/bin/mlaas4hep specs --files $(DEMO)/data/files.txt --params configs/params.json \
-	  --out $(DEMO)/specs.json --scheduler local
+	  --preproc configs/preproc.json --out $(DEMO)/specs.json --scheduler local
 
 bench: install
 	$(PY) benchmarks/specs.py

@@ -68,10 +68,15 @@ def _opt(fn: Any, a: Any, b: Any) -> Any:
 
 @dataclasses.dataclass
 class PartitionStats:
-    """Statistics of some partitions: events per input file and stats per branch."""
+    """Statistics of some partitions: events per input file, stats per branch, cut flow.
+
+    ``cutflow`` holds the events before any cut, then after each cut in turn (empty when
+    there are no cuts to report).
+    """
 
     events: dict[int, int]
     branches: dict[str, BranchStats]
+    cutflow: list[int] = dataclasses.field(default_factory=list)
 
 
 def _values_stats(values: np.ndarray) -> BranchStats:
@@ -130,9 +135,10 @@ def combine(*parts: PartitionStats) -> PartitionStats:
     """Merge the statistics of several partitions (associative and commutative)."""
     events: dict[int, int] = {}
     branches: dict[str, BranchStats] = {}
+    cutflow = [sum(counts) for counts in zip(*(p.cutflow for p in parts), strict=True)]
     for part in parts:
         for ifile, n in part.events.items():
             events[ifile] = events.get(ifile, 0) + n
         for name, stats in part.branches.items():
             branches[name] = branches[name].merge(stats) if name in branches else stats
-    return PartitionStats(events=events, branches=branches)
+    return PartitionStats(events=events, branches=branches, cutflow=cutflow)

@@ -62,6 +62,21 @@ def _print_specs(specs: Any, out: Path, seconds: float) -> None:
     console.print(table)
     if len(specs.branches) > _MAX_ROWS:
         console.print(f"... and {len(specs.branches) - _MAX_ROWS} more branches (see {out})")
+    if specs.preproc is not None:
+        flow = Table(title="Cut flow (preproc.json)", title_justify="left")
+        for col in ("step", "cut", "events", "of previous", "of all"):
+            flow.add_column(col, justify="left" if col in ("step", "cut") else "right")
+        steps = specs.preproc["cutflow"]
+        first = steps[0]["events"] or 0
+        previous = first
+        for step in steps:
+            n = step["events"] or 0
+            flow.add_row(
+                step["step"], step.get("cut", ""), f"{n:,}",
+                f"{n / previous:.1%}" if previous else "-", f"{n / first:.1%}" if first else "-",
+            )  # fmt: skip
+            previous = n
+        console.print(flow)
     if specs.skipped:
         console.print(f"skipped {len(specs.skipped)} unsupported branches (listed in {out})")
     rate = specs.nevents / seconds if seconds > 0 else float("nan")
