@@ -22,11 +22,16 @@ _GLOB = set("*?[")
 
 @dataclasses.dataclass(frozen=True)
 class Branch:
-    """A numeric branch the pipeline can use: one value per event, or a list per event."""
+    """A numeric branch the pipeline can use: one value per event, or a list per event.
+
+    ``counter`` names the branch holding a jagged branch's list lengths, when the file has
+    one (jagged branches with the same counter have equal lengths in every event).
+    """
 
     name: str
     kind: Kind
     dtype: str
+    counter: str | None = None
 
     @property
     def is_jagged(self) -> bool:
@@ -70,7 +75,8 @@ def classify(name: str, branch: Any) -> Branch | str | None:
     if isinstance(interp, uproot.interpretation.jagged.AsJagged):
         dtype = _numeric_dtype(interp.content)
         if dtype is not None:
-            return Branch(name, "jagged", dtype.name)
+            counter = branch.count_branch
+            return Branch(name, "jagged", dtype.name, counter.name if counter is not None else None)
         return f"object branch ({typename}) is not supported"
     if isinstance(interp, uproot.interpretation.strings.AsStrings):
         return f"non-numeric branch ({typename})"

@@ -7,6 +7,7 @@ exits with status 2; warnings are printed as one line each.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -158,6 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlaas4hep: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if os.environ.get("MLAAS4HEP_DEBUG"):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        hint = "(set MLAAS4HEP_DEBUG=1 for the traceback)"
+        print(f"mlaas4hep: unexpected error: {type(err).__name__}: {first} {hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

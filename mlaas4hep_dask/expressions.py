@@ -116,7 +116,7 @@ class Expression:
     text: str
     names: tuple[str, ...]
     is_comparison: bool
-    _tree: ast.expr = dataclasses.field(repr=False, compare=False)
+    _tree: ast.Expression = dataclasses.field(repr=False, compare=False)
 
     def evaluate(self, namespace: Mapping[str, Any]) -> Any:
         """Evaluate on arrays (NumPy, awkward, dask-awkward) given by branch name.
@@ -252,7 +252,7 @@ def parse(text: str) -> Expression:
     >>> parse("__import__('os')")
     Traceback (most recent call last):
     ...
-    mlaas4hep_dask.errors.ExpressionError: expression "__import__('os')": function '__import__' is not allowed; ...
+    mlaas4hep_dask.errors.ExpressionError: expression "__import__('os')": function '__import__' ...
     """
     if not isinstance(text, str) or not text.strip():
         raise ExpressionError(f"expression {text!r}: must be a non-empty string")

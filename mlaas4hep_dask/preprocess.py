@@ -271,10 +271,12 @@ class Plan:
         """Feature columns and per-cut event masks of an (awkward or dask-awkward) array."""
         env = {c: array[c] for c in self.columns}
         new = self.preproc.new_branches if self.preproc else ()
+        masks = []
         with np.errstate(all="ignore"):  # log(0) = -inf is data, counted as non-finite in specs
             for nb in new:
-                env[nb.name] = nb.expr.evaluate(env)
-            masks = [cut.mask(env) for cut in self.cuts]
+                env[nb.name] = _run(f"new_branch {nb.name!r} def", nb.expr, nb.expr.evaluate, env)
+            for cut in self.cuts:
+                masks.append(_run(cut.key, cut.expr, cut.mask, env))
         return {name: env[name] for name in self.branches}, masks
 
     def select(self, array: ak.Array) -> tuple[ak.Array, list[int]]:
@@ -304,6 +306,15 @@ class Plan:
         return record[keep]
 
 
+def _run(where: str, expr: Expression, fn: Any, env: Mapping[str, Any]) -> Any:
+    """Evaluate, turning a failure on the data into an error naming the preproc.json entry."""
+    try:
+        return fn(env)
+    except (ValueError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExpressionError(f"preproc {where}: {expr.text!r} failed on the data: {reason}") from None
+
+
 def _unknown(where: str, name: str, known: Mapping[str, Branch], removed: Mapping[str, str]) -> ConfigError:
     if name in removed:
         return ConfigError(f"{where}: branch {name!r} was removed by {removed[name]} (keys_to_remove)")
@@ -320,8 +331,13 @@ def _check_names(
             raise _unknown(where, name, known, removed)
 
 
-def _infer(where: str, expr: Expression, known: Mapping[str, Branch]) -> tuple[str, str]:
-    """Kind and dtype of an expression, by evaluating it on empty arrays of the right types."""
+def _infer(where: str, expr: Expression, known: Mapping[str, Branch]) -> tuple[str, str, str | None]:
+    """Kind, dtype and counter of an expression, evaluating it on empty arrays of the right types."""
+    jagged = [known[n] for n in expr.names if known[n].is_jagged]
+    counters = {b.counter for b in jagged}
+    if len(counters) > 1 and None not in counters:
+        listed = ", ".join(f"{b.name!r} (counted by {b.counter!r})" for b in jagged)
+        raise ConfigError(f"{where}: {expr.text!r} combines jagged branches of different lengths: {listed}")
     with np.errstate(all="ignore"):
         try:
             value = ak.Array(expr.evaluate({n: _empty(known[n]) for n in expr.names}))
@@ -330,7 +346,8 @@ def _infer(where: str, expr: Expression, known: Mapping[str, Branch]) -> tuple[s
     if value.ndim > 2:
         raise ConfigError(f"{where}: {expr.text!r} is doubly jagged")
     dtype = ak.to_numpy(ak.flatten(value, axis=None)).dtype
-    return ("jagged" if value.ndim == 2 else "flat"), dtype.name
+    counter = counters.pop() if len(counters) == 1 else None
+    return ("jagged" if value.ndim == 2 else "flat"), dtype.name, counter
 
 
 def make_plan(
@@ -365,10 +382,10 @@ def make_plan(
         if nb.name in known:
             raise ConfigError(f"{where}: a branch named {nb.name!r} already exists; choose another name")
         use(f"{where} def", nb.expr)
-        kind, dtype = _infer(f"{where} def", nb.expr, known)
+        kind, dtype, counter = _infer(f"{where} def", nb.expr, known)
         if kind != nb.kind:
             raise ConfigError(f"{where}: 'type' is {nb.kind!r} but {nb.expr.text!r} is {kind}")
-        known[nb.name] = features[nb.name] = Branch(nb.name, kind, dtype)  # type: ignore[arg-type]
+        known[nb.name] = features[nb.name] = Branch(nb.name, kind, dtype, counter)
         _check_cuts(where, nb.cuts, known, use)
         if nb.remove:
             del features[nb.name]
@@ -398,7 +415,7 @@ def _check_cuts(where: str, cuts: Sequence[Cut], known: Mapping[str, Branch], us
     for cut in cuts:
         at = f"{where} {cut.key.rsplit('.', 1)[1]}"
         use(at, cut.expr)
-        kind, _ = _infer(at, cut.expr, known)
+        kind, _, _ = _infer(at, cut.expr, known)
         if cut.reduce is None and kind == "jagged":
             raise ConfigError(f'{at}: {cut.expr.text!r} is per element; make it ["...", "any"|"all"]')
         if cut.reduce is not None and kind == "flat":
