@@ -38,7 +38,7 @@ def step_baseline(files: list[str], chunk_size: int) -> None:
     print(json.dumps({"events": events, "seconds": time.perf_counter() - start}))
 
 
-def step_specs(files: list[str], chunk_size: int, workers: int) -> None:
+def step_specs(files: list[str], chunk_size: int, workers: int, preproc: str | None) -> None:
     from distributed import Client, LocalCluster
 
     import mlaas4hep_dask as m
@@ -49,9 +49,10 @@ def step_specs(files: list[str], chunk_size: int, workers: int) -> None:
     ):
         client.wait_for_workers(workers)
         start = time.perf_counter()
-        specs = m.compute_specs(files, {"chunk_size": chunk_size}, client=client)
+        specs = m.compute_specs(files, {"chunk_size": chunk_size}, preproc=preproc, client=client)
         seconds = time.perf_counter() - start
-    print(json.dumps({"events": specs.nevents, "seconds": seconds}))
+    read = specs.preproc["cutflow"][0]["events"] if specs.preproc else specs.nevents
+    print(json.dumps({"events": read, "seconds": seconds}))
 
 
 def main() -> None:
@@ -62,16 +63,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--out", type=Path, default=Path("bench-output"))
+    parser.add_argument(
+        "--preproc", default=str(Path(__file__).resolve().parent.parent / "configs" / "preproc.json"),
+        help="preproc.json whose cost is measured at scale 1x with the most workers ('' to skip)",
+    )  # fmt: skip
     parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.step:  # inside a measured subprocess
         kind, *rest = args.step
-        files = rest[:-1] if kind == "baseline" else rest[:-2]
         if kind == "baseline":
-            step_baseline(files, int(rest[-1]))
+            step_baseline(rest[:-1], int(rest[-1]))
         else:
-            step_specs(files, int(rest[-2]), int(rest[-1]))
+            step_specs(rest[:-3], int(rest[-3]), int(rest[-2]), rest[-1] or None)
         return
 
     me = str(Path(__file__).resolve())
@@ -84,9 +88,20 @@ def main() -> None:
         base_rate = base["events"] / base["seconds"]
         rows.append(("uproot.iterate (1 process)", scale, base, base_rate, mbytes, 1.0))
         for workers in args.workers if scale == args.scales[0] else [max(args.workers)]:
-            res = run_measured([me, "--step", "specs", *names, str(args.chunk_size), str(workers)])
+            res = run_measured([me, "--step", "specs", *names, str(args.chunk_size), str(workers), ""])
             rate = res["events"] / res["seconds"]
             rows.append((f"mlaas4hep specs, {workers} worker(s)", scale, res, rate, mbytes, rate / base_rate))
+        if args.preproc and scale == args.scales[0]:
+            workers = max(args.workers)
+            plain = rows[-1][2]["seconds"]
+            res = run_measured(
+                [me, "--step", "specs", *names, str(args.chunk_size), str(workers), args.preproc]
+            )
+            rate = res["events"] / res["seconds"]
+            rows.append(
+                (f"  + preproc.json, {workers} worker(s)", scale, res, rate, mbytes, rate / base_rate)
+            )
+            print(f"preproc.json costs {res['seconds'] / plain:.2f}x the specs pass without it", flush=True)
 
     header = (
         f"{'what':34} {'scale':>5} {'events':>11} {'events/s':>11} {'MB/s':>7} {'ratio':>6} {'peak RSS':>9}"

@@ -28,6 +28,7 @@ from .errors import (
 )
 from .generate import generate
 from .io import Dataset, InputFile, open_dataset
+from .preprocess import Preproc, load_preproc
 from .specs import BranchSpec, FileSpec, Specs, compute_specs
 
 try:
@@ -47,6 +48,7 @@ __all__ = [
     "MLaaSError",
     "NotRootFileError",
     "Params",
+    "Preproc",
     "RemoteInputError",
     "SchemaError",
     "Specs",
@@ -55,6 +57,7 @@ __all__ = [
     "compute_specs",
     "generate",
     "load_params",
+    "load_preproc",
     "open_dataset",
     "read_file_list",
 ]

@@ -79,3 +79,35 @@ def test_console_script_runs(generated: list[Path], tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.strip() == "mlaas4hep: error: input file '/nope.root' does not exist"
+
+
+def test_specs_with_preproc_prints_the_cut_flow(
+    generated: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "specs.json"
+    args = [
+        "specs",
+        "--files",
+        ",".join(map(str, generated)),
+        "--preproc",
+        str(ROOT / "configs" / "preproc.json"),
+    ]
+    assert main([*args, "--out", str(out), "--scheduler", "sync"]) == 0
+    printed = capsys.readouterr().out
+    assert "Cut flow (preproc.json)" in printed
+    assert "flat_cut.nLeptons.cut" in printed
+    assert "log_partonE<8.5 (any)" in printed
+    saved = json.loads(out.read_text())
+    assert saved["preproc"]["cutflow"][0] == {"step": "read", "events": 6000}
+    assert "log_partonE" in saved["branches"]
+
+
+def test_bad_preproc_is_one_line(
+    generated: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "preproc.json"
+    bad.write_text(json.dumps({"new_branch": {"x": {"def": "log(partonEE)", "type": "jagged"}}}))
+    assert main(["specs", "--files", str(generated[0]), "--preproc", str(bad), "--scheduler", "sync"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlaas4hep: error: preproc new_branch 'x' def: unknown branch 'partonEE'; nearest: 'partonE'")
+    assert err.count("\n") == 1
