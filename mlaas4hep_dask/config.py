@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Params", "load_json", "load_params", "read_file_list"]
+__all__ = ["Params", "load_json", "load_labels", "load_params", "read_file_list"]
 
 _DEFAULT_IDENTIFIERS = ("run", "event", "luminosityBlock")
 
@@ -56,8 +56,30 @@ class Params:
         XRootD redirector prefixed to ``/store/...`` paths that do not exist locally.
     xrootd_handler
         ``"xrootd"`` (XRootD client, the fastest here) or ``"fsspec"`` (fsspec-xrootd).
-    nan
-        Value that replaces NaN/inf in features (used by the tensorizing stage).
+    split, test_fraction
+        ``split`` is the fraction of events held out from training (the original key);
+        ``test_fraction`` of the held-out events form the test set, the rest validation.
+        Defaults 0.3 and 0.5: 70% train, 15% validation, 15% test.
+    normalize
+        ``"minmax"`` (to [0, 1] with the specs' min/max), ``"standard"`` (mean 0, std 1) or
+        ``"none"``.  A constant branch maps to 0.
+    max_jagged
+        Cap on the slots of every jagged branch (``None``: the specs' ``jdim``).
+    pad_value
+        Value of padded slots, after normalization (default 0).
+    jagged_counts
+        Append one ``count(NAME)`` column per jagged branch (its true number of items,
+        normalized by its ``jdim``), so padded slots are distinguishable from real values.
+    nan_policy, nan
+        Non-finite feature values: ``"replace"`` them by ``nan`` (after normalization;
+        default 0) or ``"drop"`` the event.
+    label_branch
+        Take the target from this flat branch (regression, per-event truth) instead of
+        labels.txt.
+    weight_branch
+        Per-event weights from this flat branch.
+    prefetch
+        Chunks prepared ahead of the trainer (memory holds at most ``prefetch + 1`` chunks).
     seed
         Seed for everything random (generation, shuffling, splits).
     verbose
@@ -77,6 +99,15 @@ class Params:
     redirector: str = "root://cms-xrd-global.cern.ch"
     xrootd_handler: str = "xrootd"
     nan: float = 0.0
+    test_fraction: float = 0.5
+    normalize: str = "minmax"
+    max_jagged: int | None = None
+    pad_value: float = 0.0
+    jagged_counts: bool = False
+    nan_policy: str = "replace"
+    label_branch: str | None = None
+    weight_branch: str | None = None
+    prefetch: int = 2
     seed: int = 42
     verbose: int = 1
 
@@ -89,6 +120,15 @@ class Params:
             raise ConfigError("params: 'epochs' and 'batch_size' must be at least 1")
         if not 0.0 <= self.split < 1.0:
             raise ConfigError(f"params: 'split' must be in [0, 1), not {self.split!r}")
+        if not 0.0 <= self.test_fraction <= 1.0:
+            raise ConfigError(f"params: 'test_fraction' must be in [0, 1], not {self.test_fraction!r}")
+        for key, allowed in (("normalize", ("minmax", "standard", "none")), ("nan_policy", ("replace", "drop"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"params: {key!r} must be one of {allowed}, not {getattr(self, key)!r}")
+        if self.max_jagged is not None and self.max_jagged < 0:
+            raise ConfigError(f"params: 'max_jagged' must be >= 0 or null, not {self.max_jagged!r}")
+        if self.prefetch < 0:
+            raise ConfigError(f"params: 'prefetch' must be >= 0, not {self.prefetch!r}")
         if self.xrootd_handler not in ("xrootd", "fsspec"):
             raise ConfigError(
                 f"params: 'xrootd_handler' must be 'xrootd' or 'fsspec', not {self.xrootd_handler!r}"
@@ -145,8 +185,12 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise bad
-    if name == "tree":
+    if name in ("tree", "label_branch", "weight_branch"):
         if value is None or isinstance(value, str):
+            return value
+        raise bad
+    if name == "max_jagged":
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
             return value
         raise bad
     if isinstance(default, bool):
@@ -241,3 +285,47 @@ def read_file_list(files: str | Path | Sequence[str | Path]) -> list[str]:
     if not out:
         raise ConfigError("no input files given")
     return out
+
+
+def load_labels(labels: str | Path | Sequence[float] | None, nfiles: int) -> list[float] | None:
+    """Return one label per input file from a ``labels.txt`` path, a comma list, or a list.
+
+    ``labels.txt`` holds one number per line (the original MLaaS4HEP format), in the order of
+    ``files.txt``; blank lines and ``#`` comments are ignored.
+
+    Examples
+    --------
+    >>> load_labels([1, 0], 2)
+    [1.0, 0.0]
+    """
+    if labels is None:
+        return None
+    if isinstance(labels, (str, Path)):
+        text = str(labels)
+        path = Path(text)
+        if path.is_file():
+            lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+            raw: list[Any] = [line for line in lines if line]
+            where = f"labels file {text!r}"
+        elif "," in text or _is_number(text):
+            raw, where = [p.strip() for p in text.split(",") if p.strip()], "labels"
+        else:
+            raise ConfigError(f"labels file {text!r} does not exist")
+    else:
+        raw, where = list(labels), "labels"
+    out = []
+    for i, value in enumerate(raw, 1):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) or _is_number(str(value))):
+            raise ConfigError(f"{where}: entry {i} is {value!r}, not a number")
+        out.append(float(value))
+    if len(out) != nfiles:
+        raise ConfigError(f"{where} gives {len(out)} labels for {nfiles} input files: give one label per file")
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

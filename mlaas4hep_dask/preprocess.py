@@ -35,7 +35,7 @@ from .config import load_json
 from .errors import ConfigError, ExpressionError
 from .expressions import Expression, parse
 
-__all__ = ["Cut", "NewBranch", "BranchCuts", "Plan", "Preproc", "load_preproc", "make_plan"]
+__all__ = ["BranchCuts", "Cut", "NewBranch", "Plan", "Preproc", "Selection", "load_preproc", "make_plan"]
 
 _SECTIONS = ("new_branch", "flat_cut", "jagged_cut")
 _CUT_KEY = re.compile(r"^cut(?:_(\d+))?$")
@@ -247,6 +247,25 @@ def _empty(branch: Branch) -> ak.Array:
 
 
 @dataclasses.dataclass(frozen=True)
+class Selection:
+    """One preprocessed partition.
+
+    Attributes
+    ----------
+    record
+        Features and extra columns of the events that pass every cut.
+    cutflow
+        Events before any cut, then after each cut in turn.
+    keep
+        Which input events pass (``None``: all of them).
+    """
+
+    record: ak.Array
+    cutflow: list[int]
+    keep: np.ndarray | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """Preprocessing checked against a tree's branches: what to read, what comes out.
 
@@ -260,12 +279,15 @@ class Plan:
         The cuts, in cut-flow order.
     preproc
         The preprocessing (``None``: nothing to do).
+    extras
+        Columns carried along that are not features (a label or weight branch).
     """
 
     columns: tuple[str, ...]
     branches: Mapping[str, Branch]
     cuts: tuple[Cut, ...]
     preproc: Preproc | None
+    extras: Mapping[str, Branch] = dataclasses.field(default_factory=dict)
 
     def evaluate(self, array: Any) -> tuple[dict[str, Any], list[Any]]:
         """Feature columns and per-cut event masks of an (awkward or dask-awkward) array."""
@@ -277,13 +299,10 @@ class Plan:
                 env[nb.name] = _run(f"new_branch {nb.name!r} def", nb.expr, nb.expr.evaluate, env)
             for cut in self.cuts:
                 masks.append(_run(cut.key, cut.expr, cut.mask, env))
-        return {name: env[name] for name in self.branches}, masks
+        return {name: env[name] for name in (*self.branches, *self.extras)}, masks
 
-    def select(self, array: ak.Array) -> tuple[ak.Array, list[int]]:
-        """Apply to one concrete partition: the features of the passing events, and the cut flow.
-
-        The cut flow is the number of events before any cut, then after each cut in turn.
-        """
+    def select(self, array: ak.Array) -> Selection:
+        """Apply to one concrete partition: the passing events, the cut flow, the keep mask."""
         fields, masks = self.evaluate(array)
         keep = np.ones(len(array), dtype=bool)
         flow = [len(array)]
@@ -291,7 +310,9 @@ class Plan:
             keep &= ak.to_numpy(mask).astype(bool, copy=False)
             flow.append(int(np.count_nonzero(keep)))
         record = ak.zip(fields, depth_limit=1)
-        return (record[keep] if masks else record), flow
+        if not masks:
+            return Selection(record, flow, None)
+        return Selection(record[keep], flow, keep)
 
     def lazy(self, array: Any) -> Any:
         """Apply to a dask-awkward array: the features of the passing events, lazily."""
@@ -351,7 +372,10 @@ def _infer(where: str, expr: Expression, known: Mapping[str, Branch]) -> tuple[s
 
 
 def make_plan(
-    preproc: Preproc | None, available: Mapping[str, Branch], selected: Mapping[str, Branch]
+    preproc: Preproc | None,
+    available: Mapping[str, Branch],
+    selected: Mapping[str, Branch],
+    extras: Sequence[str] = (),
 ) -> Plan:
     """Check ``preproc`` against a tree's branches and return the :class:`Plan`.
 
@@ -365,9 +389,12 @@ def make_plan(
         Every usable branch of the tree (cuts and definitions may use any of them).
     selected
         The branches chosen as features by params.json.
+    extras
+        Flat branches to carry along without being features (label, weight); they may be
+        raw branches or new branches.
     """
     if preproc is None:
-        return Plan(columns=tuple(selected), branches=dict(selected), cuts=(), preproc=None)
+        return dataclasses.replace(make_plan(Preproc(), available, selected, extras), preproc=None)
     known = dict(available)
     features = dict(selected)
     removed: dict[str, str] = {}
@@ -406,9 +433,25 @@ def make_plan(
         _check_cuts(where, entry.cuts, known, use)
         if entry.remove:
             features.pop(entry.branch, None)
+    extra: dict[str, Branch] = {}
+    for name in extras:
+        if name not in known or name in removed:
+            raise _unknown("params (label_branch / weight_branch)", name, known, removed)
+        if known[name].is_jagged:
+            raise ConfigError(f"params: {name!r} is a jagged branch; a label or weight branch must be flat")
+        if name in features:
+            raise ConfigError(
+                f"params: {name!r} is a feature; a label or weight branch must not be one: "
+                "add it to 'exclude_branches' and compute the specs again"
+            )
+        extra[name] = known[name]
+        if name in available:
+            read.setdefault(name)
     if not features:
         raise ConfigError("preproc: every feature branch was removed; nothing is left to train on")
-    return Plan(columns=tuple(read), branches=features, cuts=tuple(preproc.cuts), preproc=preproc)
+    return Plan(
+        columns=tuple(read), branches=features, cuts=tuple(preproc.cuts), preproc=preproc, extras=extra
+    )
 
 
 def _check_cuts(where: str, cuts: Sequence[Cut], known: Mapping[str, Branch], use: Any) -> None:

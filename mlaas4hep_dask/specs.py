@@ -199,9 +199,9 @@ class _DescribePartition:
         self.stats = StatsOfPartition({name: b.kind for name, b in plan.branches.items()})
 
     def __call__(self, partition: Any, file_index: int) -> PartitionStats:
-        record, flow = self.plan.select(partition)
-        stats = self.stats(record, file_index)
-        stats.cutflow = flow if self.plan.cuts else []
+        selection = self.plan.select(partition)
+        stats = self.stats(selection.record, file_index)
+        stats.cutflow = selection.cutflow if self.plan.cuts else []
         return stats
 
 
