@@ -122,7 +122,10 @@ class Params:
             raise ConfigError(f"params: 'split' must be in [0, 1), not {self.split!r}")
         if not 0.0 <= self.test_fraction <= 1.0:
             raise ConfigError(f"params: 'test_fraction' must be in [0, 1], not {self.test_fraction!r}")
-        for key, allowed in (("normalize", ("minmax", "standard", "none")), ("nan_policy", ("replace", "drop"))):
+        for key, allowed in (
+            ("normalize", ("minmax", "standard", "none")),
+            ("nan_policy", ("replace", "drop")),
+        ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"params: {key!r} must be one of {allowed}, not {getattr(self, key)!r}")
         if self.max_jagged is not None and self.max_jagged < 0:
@@ -319,7 +322,9 @@ def load_labels(labels: str | Path | Sequence[float] | None, nfiles: int) -> lis
             raise ConfigError(f"{where}: entry {i} is {value!r}, not a number")
         out.append(float(value))
     if len(out) != nfiles:
-        raise ConfigError(f"{where} gives {len(out)} labels for {nfiles} input files: give one label per file")
+        raise ConfigError(
+            f"{where} gives {len(out)} labels for {nfiles} input files: give one label per file"
+        )
     return out
 
 

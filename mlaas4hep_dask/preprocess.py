@@ -291,7 +291,7 @@ class Plan:
 
     def evaluate(self, array: Any) -> tuple[dict[str, Any], list[Any]]:
         """Feature columns and per-cut event masks of an (awkward or dask-awkward) array."""
-        env = {c: array[c] for c in self.columns}
+        env = {c: array[c] for c in array.fields}
         new = self.preproc.new_branches if self.preproc else ()
         masks = []
         with np.errstate(all="ignore"):  # log(0) = -inf is data, counted as non-finite in specs
@@ -299,20 +299,34 @@ class Plan:
                 env[nb.name] = _run(f"new_branch {nb.name!r} def", nb.expr, nb.expr.evaluate, env)
             for cut in self.cuts:
                 masks.append(_run(cut.key, cut.expr, cut.mask, env))
-        return {name: env[name] for name in (*self.branches, *self.extras)}, masks
+        return {name: env[name] for name in (*self.branches, *self.extras) if name in env}, masks
 
     def select(self, array: ak.Array) -> Selection:
         """Apply to one concrete partition: the passing events, the cut flow, the keep mask."""
         fields, masks = self.evaluate(array)
-        keep = np.ones(len(array), dtype=bool)
-        flow = [len(array)]
-        for mask in masks:
-            keep &= ak.to_numpy(mask).astype(bool, copy=False)
-            flow.append(int(np.count_nonzero(keep)))
         record = ak.zip(fields, depth_limit=1)
         if not masks:
-            return Selection(record, flow, None)
-        return Selection(record[keep], flow, keep)
+            return Selection(record, [len(array)], None)
+        flow, keep = _cumulative(masks)
+        return Selection(record[keep], [len(array), *flow], keep)
+
+    @property
+    def cut_columns(self) -> tuple[str, ...]:
+        """The branches to read to decide which events pass (nothing when there is no cut)."""
+        if not self.cuts or self.preproc is None:
+            return ()
+        names: dict[str, None] = {}
+        for expr in [nb.expr for nb in self.preproc.new_branches] + [c.expr for c in self.cuts]:
+            names.update((n, None) for n in expr.names if n in self.columns)
+        return tuple(names)
+
+    def keep(self, array: ak.Array) -> np.ndarray | None:
+        """Which events of a concrete partition pass every cut (``None``: no cuts).
+
+        ``array`` needs only :attr:`cut_columns`.
+        """
+        _, masks = self.evaluate(array)
+        return _cumulative(masks)[1] if masks else None
 
     def lazy(self, array: Any) -> Any:
         """Apply to a dask-awkward array: the features of the passing events, lazily."""
@@ -325,6 +339,16 @@ class Plan:
         for mask in masks[1:]:
             keep = keep & mask
         return record[keep]
+
+
+def _cumulative(masks: Sequence[Any]) -> tuple[list[int], np.ndarray]:
+    """Events passing after each mask in turn, and the final AND of all of them."""
+    keep = np.ones(len(masks[0]), dtype=bool)
+    flow = []
+    for mask in masks:
+        keep &= ak.to_numpy(mask).astype(bool, copy=False)
+        flow.append(int(np.count_nonzero(keep)))
+    return flow, keep
 
 
 def _run(where: str, expr: Expression, fn: Any, env: Mapping[str, Any]) -> Any:

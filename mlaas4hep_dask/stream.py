@@ -1,0 +1,379 @@
+"""Stream training batches from Dask partitions: proportional file mixing, shuffle, prefetch.
+
+How an epoch is put together:
+
+1. *Counting* (once per loader): the events of the chosen split in every partition.  Without
+   cuts (and with ``nan_policy="replace"``) this needs no data at all: the split is a hash of
+   (file index, entry).  Otherwise only the branches the cuts use are read.
+2. *Chunks*: with ``N`` events and ``chunk_size`` ``C``, there are ``K = ceil(N / C)`` chunks;
+   file ``f`` with ``n_f`` events gives chunk ``k`` its events ``[n_f k / K, n_f (k+1) / K)``,
+   so every chunk holds each file's share within one event of exact (``n_f / K``): the class
+   balance of the whole set, as in the original tool.
+3. *Prefetch*: the partitions feeding the next ``prefetch`` chunks are computed on the workers
+   (read, preprocess, tensorize) while the trainer consumes the current chunk; a partition is
+   released as soon as its last chunk is built, so memory holds about ``prefetch + 1`` chunks
+   whatever the size of the data set.
+4. Each chunk is shuffled (seeded by seed and epoch) and cut into batches of ``batch_size``;
+   the remainder of a chunk starts the next batch, so only the last batch of an epoch is short.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cluster import compute
+from .config import Params, load_labels, load_params
+from .errors import ConfigError, SpecsError
+from .io import Dataset, open_dataset
+from .preprocess import Plan, Preproc, load_preproc, make_plan
+from .specs import Specs
+from .tensorize import Block, Layout, Tensorize, split_codes
+
+__all__ = ["BatchLoader", "Piece", "plan_chunks"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """Events ``[lo, hi)`` (in split order) of partition ``partition`` go into a chunk."""
+
+    partition: int
+    lo: int
+    hi: int
+
+
+def plan_chunks(counts: Sequence[int], files: Sequence[int], chunk_size: int) -> list[list[Piece]]:
+    """Compose chunks from per-partition event counts so that every chunk mixes the files.
+
+    Parameters
+    ----------
+    counts
+        Events (of the split) in each partition, in partition order.
+    files
+        The file index of each partition; a file's partitions are consecutive and in order.
+    chunk_size
+        Target events per chunk (``-1``: one chunk).
+
+    Examples
+    --------
+    >>> [[(p.partition, p.lo, p.hi) for p in c] for c in plan_chunks([6, 4, 10], [0, 0, 1], 10)]
+    [[(0, 0, 5), (2, 0, 5)], [(0, 5, 6), (1, 0, 4), (2, 5, 10)]]
+    """
+    total = sum(counts)
+    if total == 0:
+        return []
+    nchunks = 1 if chunk_size == -1 else max(1, math.ceil(total / chunk_size))
+    by_file: dict[int, list[int]] = {}
+    for p, f in enumerate(files):
+        by_file.setdefault(f, []).append(p)
+    chunks: list[list[Piece]] = [[] for _ in range(nchunks)]
+    for parts in by_file.values():
+        n = sum(counts[p] for p in parts)
+        starts = np.cumsum([0] + [counts[p] for p in parts])
+        for k in range(nchunks):
+            lo, hi = n * k // nchunks, n * (k + 1) // nchunks
+            for i, p in enumerate(parts):
+                a, b = max(lo, starts[i]), min(hi, starts[i + 1])
+                if a < b:
+                    chunks[k].append(Piece(p, int(a - starts[i]), int(b - starts[i])))
+    return chunks
+
+
+class _Inline:
+    """Compute partitions when their result is asked for (``"sync"``: for debugging)."""
+
+    def submit(self, task: Any) -> Any:
+        return task
+
+    def result(self, handle: Any) -> Any:
+        return compute([handle], "sync")[0]
+
+    def close(self) -> None:
+        pass
+
+
+class _Threads:
+    """A pool of threads, each computing one partition with the synchronous scheduler."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+
+    def submit(self, task: Any) -> Any:
+        return self.pool.submit(compute, [task], "sync")
+
+    def result(self, handle: Any) -> Any:
+        return handle.result()[0]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Distributed:
+    """Futures on a ``distributed`` cluster; the data stay on the workers until fetched."""
+
+    def __init__(self, client: Any, owned: Any = None) -> None:
+        self.client = client
+        self.owned = owned
+
+    def submit(self, task: Any) -> Any:
+        return self.client.compute(task)
+
+    def result(self, handle: Any) -> Any:
+        return handle.result()
+
+    def close(self) -> None:
+        if self.owned is not None:
+            self.client.close()
+            self.owned.close()
+
+
+def _executor(client: Any) -> Any:
+    if client is None:
+        try:
+            from distributed import default_client
+
+            return _Distributed(default_client())
+        except (ImportError, ValueError):
+            return _Threads()
+    if client == "threads":
+        return _Threads()
+    if client in ("sync", "synchronous", "single-threaded"):
+        return _Inline()
+    if client == "processes":
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=":0")
+        return _Distributed(Client(cluster, set_as_default=False), owned=cluster)
+    if isinstance(client, str):
+        raise ConfigError(
+            f"unknown scheduler {client!r} for the loader: use a Client, threads, processes or sync"
+        )
+    return _Distributed(client)
+
+
+def _check_specs(specs: Specs, plan: Plan, recipe: Preproc | None, dataset: Dataset) -> None:
+    """Refuse specs that do not describe these inputs after this preprocessing."""
+    ours = {n: b.kind for n, b in plan.branches.items()}
+    theirs = {n: b.kind for n, b in specs.branches.items()}
+    if ours != theirs or list(ours) != list(theirs):
+        missing = [n for n in theirs if n not in ours]
+        extra = [n for n in ours if n not in theirs]
+        detail = (
+            f"in the specs only: {missing[:5]}; in the data only: {extra[:5]}"
+            if missing or extra
+            else "order or kinds differ"
+        )
+        raise SpecsError(
+            f"the specs do not describe these inputs after preprocessing ({detail}): "
+            "compute the specs again with the same files, params.json and preproc.json"
+        )
+    recorded = (specs.preproc or {}).get("definition")
+    current = dict(recipe.source) if recipe is not None else None
+    if specs.preproc is not None and recorded != current:
+        raise SpecsError("the specs were computed with a different preproc.json: compute them again")
+    spec_paths = [f.path for f in specs.files]
+    if spec_paths and spec_paths != [f.path for f in dataset.files]:
+        warnings.warn(
+            "the specs were computed on other input files: normalization uses their min/max",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+class BatchLoader:
+    """Iterate over ``(X, y)`` (or ``(X, y, w)``) batches of one split, epoch after epoch.
+
+    Parameters
+    ----------
+    files
+        ``files.txt``, a comma-separated string, or a list of paths/URLs.
+    specs
+        :class:`Specs` or a specs file, computed on these files with the same preprocessing.
+    params
+        ``params.json`` path, dict or :class:`Params` (``batch_size``, ``chunk_size``,
+        ``shuffle``, ``split``, ``normalize``, ``max_jagged``, ``weight_branch``, ...).
+    preproc
+        ``preproc.json`` path or dict (the one the specs were computed with).
+    labels
+        One label per file (list, or a ``labels.txt`` path); or ``None`` with
+        ``label_branch`` in params; or neither, and ``y`` is ``None``.
+    split
+        ``"train"``, ``"validation"`` or ``"test"``.
+    client
+        A ``distributed.Client``, ``"threads"``, ``"processes"`` (a private LocalCluster),
+        ``"sync"``, or ``None`` (the current distributed client, else threads).
+
+    Examples
+    --------
+    >>> loader = BatchLoader("files.txt", "specs.json", "params.json", labels="labels.txt")  # doctest: +SKIP
+    >>> len(loader), loader.idim  # doctest: +SKIP
+    (140012, 116)
+    >>> for X, y in loader:  # one epoch  # doctest: +SKIP
+    ...     model.train_on_batch(X, y)
+    """
+
+    def __init__(
+        self,
+        files: str | Path | Sequence[str | Path],
+        specs: Specs | str | Path,
+        params: Params | Mapping[str, Any] | str | Path | None = None,
+        preproc: Preproc | Mapping[str, Any] | str | Path | None = None,
+        labels: str | Path | Sequence[float] | None = None,
+        split: str = "train",
+        client: Any = None,
+    ) -> None:
+        self.params = load_params(params)
+        self.specs = specs if isinstance(specs, Specs) else Specs.load(specs)
+        recipe = load_preproc(preproc)
+        self.dataset = open_dataset(files, self.params)
+        extras = [b for b in (self.params.label_branch, self.params.weight_branch) if b]
+        self.plan = make_plan(recipe, self.dataset.available, self.dataset.branches, extras)
+        _check_specs(self.specs, self.plan, recipe, self.dataset)
+        if labels is not None and self.params.label_branch is not None:
+            raise ConfigError("give either labels (labels.txt) or 'label_branch' in params, not both")
+        self.labels = load_labels(labels, len(self.dataset.files))
+        self.layout = Layout.from_specs(self.specs, self.params)
+        self.split = split
+        self._tensorize = Tensorize(self.plan, self.layout, self.params, split, self.labels)
+        self._executor = _executor(client)
+        self._finalizer = weakref.finalize(self, self._executor.close)
+        self._counts: list[int] | None = None
+        self._tasks: list[Any] | None = None
+        self.epoch = 0
+
+    @property
+    def features(self) -> list[str]:
+        """Column names of ``X``."""
+        return self.layout.features
+
+    @property
+    def idim(self) -> int:
+        """Number of columns of ``X`` (``specs.idim`` unless ``max_jagged``/``jagged_counts``)."""
+        return self.layout.idim
+
+    def __len__(self) -> int:
+        """Events one epoch yields."""
+        return sum(self.counts)
+
+    @property
+    def counts(self) -> list[int]:
+        """Events of this split in each partition (computed once, on first use)."""
+        if self._counts is None:
+            self._counts = self._count()
+        return self._counts
+
+    def _count(self) -> list[int]:
+        parts = self.dataset.partitions
+        needs_data = bool(self.plan.cuts) or self.layout.drop_nonfinite
+        code = self._tensorize.code
+        if not needs_data:
+            p = self.params
+            return [
+                int(
+                    np.count_nonzero(
+                        split_codes(f, np.arange(a, b), p.seed, p.split, p.test_fraction) == code
+                    )
+                )
+                for f, a, b in parts
+            ]
+        import dask
+
+        columns = self.plan.columns if self.layout.drop_nonfinite else self.plan.cut_columns
+        counter = dask.delayed(
+            Tensorize(self.plan, self.layout, self.params, self.split, self.labels, count_only=True),
+            pure=True,
+        )
+        tasks = [
+            counter(part, f, a) for part, (f, a, _) in zip(self._partitions(columns), parts, strict=True)
+        ]
+        target = self._executor.client if isinstance(self._executor, _Distributed) else "threads"
+        return [int(n) for n in compute(tasks, target)]
+
+    def _partitions(self, columns: Sequence[str]) -> list[Any]:
+        import dask_awkward as dak
+
+        return list(dak.to_delayed(self.dataset.to_dask(columns)))
+
+    def _task(self, partition: int) -> Any:
+        import dask
+
+        if self._tasks is None:
+            tensorize = dask.delayed(self._tensorize, pure=True)
+            self._tasks = [
+                tensorize(part, f, a)
+                for part, (f, a, _) in zip(
+                    self._partitions(self.plan.columns), self.dataset.partitions, strict=True
+                )
+            ]
+        return self._tasks[partition]
+
+    def chunks(self) -> list[list[Piece]]:
+        """The chunk composition of an epoch (the same every epoch)."""
+        files = [f for f, _, _ in self.dataset.partitions]
+        return plan_chunks(self.counts, files, self.params.chunk_size)
+
+    def iter_chunks(self) -> Iterator[Block]:
+        """One epoch as shuffled chunks (each a :class:`~mlaas4hep_dask.tensorize.Block`)."""
+        chunks = self.chunks()
+        last_use: dict[int, int] = {}
+        for k, chunk in enumerate(chunks):
+            for piece in chunk:
+                last_use[piece.partition] = k
+        rng = np.random.default_rng([self.params.seed, self.epoch])
+        self.epoch += 1
+        pending: dict[int, Any] = {}
+        ready: dict[int, Block] = {}
+        depth = self.params.prefetch
+        for k, chunk in enumerate(chunks):
+            for ahead in chunks[k : k + depth + 1]:
+                for piece in ahead:
+                    p = piece.partition
+                    if p not in pending and p not in ready:
+                        pending[p] = self._executor.submit(self._task(p))
+            blocks = []
+            for piece in chunk:
+                p = piece.partition
+                if p not in ready:
+                    ready[p] = self._executor.result(pending.pop(p))
+                blocks.append(ready[p].take(slice(piece.lo, piece.hi)))
+                if last_use[p] == k:
+                    del ready[p]
+            block = Block.concatenate(blocks)
+            yield block.take(rng.permutation(len(block))) if self.params.shuffle else block
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
+        size = self.params.batch_size
+        carry: Block | None = None
+        for chunk in self.iter_chunks():
+            block = chunk if carry is None else Block.concatenate([carry, chunk])
+            full = len(block) - len(block) % size
+            for start in range(0, full, size):
+                yield self._batch(block.take(slice(start, start + size)))
+            carry = block.take(slice(full, None)) if full < len(block) else None
+        if carry is not None:
+            yield self._batch(carry)
+
+    def _batch(self, block: Block) -> tuple[np.ndarray, ...]:
+        if block.w is not None:
+            return block.X, block.y, block.w  # type: ignore[return-value]
+        return block.X, block.y  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Release the executor (and the private cluster of ``client="processes"``)."""
+        self._finalizer()
+
+    def __enter__(self) -> BatchLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

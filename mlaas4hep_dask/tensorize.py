@@ -1,0 +1,287 @@
+"""Preprocessed events to fixed-width float32 rows, on the workers, one partition at a time.
+
+Columns follow the specs' feature order: flat branches, then every jagged branch padded (or
+clipped) to its slots — the specs' ``jdim``, capped by ``max_jagged`` — then, with
+``jagged_counts``, one ``count(NAME)`` column per jagged branch.  Values are normalized with
+the specs' statistics before padding, so padded slots hold exactly ``pad_value``.
+
+Every event gets a split (train / validation / test) from a hash of its file index and entry
+number and the seed, so the split is the same whatever the partitioning, the number of
+workers or the order in which partitions are computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from .config import Params
+from .errors import ConfigError
+from .preprocess import Plan
+from .specs import Specs
+
+__all__ = ["SPLITS", "Block", "Layout", "Tensorize", "split_codes"]
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How an event becomes a row of X.
+
+    Attributes
+    ----------
+    flat
+        Flat branch names, in column order.
+    jagged
+        ``(name, slots)`` of each jagged branch, in column order.
+    counts
+        Whether a ``count(NAME)`` column follows for each jagged branch.
+    shift, scale
+        Per branch: a value ``x`` becomes ``(x - shift) / scale``.
+    pad_value, nan_value, drop_nonfinite
+        Padded slots; the replacement of NaN/inf, or dropping the event instead.
+    """
+
+    flat: tuple[str, ...]
+    jagged: tuple[tuple[str, int], ...]
+    counts: bool
+    shift: Mapping[str, float]
+    scale: Mapping[str, float]
+    pad_value: float = 0.0
+    nan_value: float = 0.0
+    drop_nonfinite: bool = False
+
+    @classmethod
+    def from_specs(cls, specs: Specs, params: Params) -> Layout:
+        """The layout for ``specs`` under ``params`` (normalization, caps, padding).
+
+        Examples
+        --------
+        >>> layout = Layout.from_specs(Specs.load("specs.json"), Params())  # doctest: +SKIP
+        >>> layout.features[:2], layout.idim  # doctest: +SKIP
+        (['nBJets', 'MET'], 116)
+        """
+        shift: dict[str, float] = {}
+        scale: dict[str, float] = {}
+        for name, b in specs.branches.items():
+            lo, width = 0.0, 1.0
+            if params.normalize == "minmax" and b.min is not None and b.max is not None:
+                lo, width = float(b.min), float(b.max) - float(b.min)
+            elif params.normalize == "standard" and b.mean is not None and b.std is not None:
+                lo, width = float(b.mean), float(b.std)
+            shift[name], scale[name] = lo, (width if width > 0 else 1.0)
+        cap = params.max_jagged
+        jagged = tuple(
+            (n, min(specs.branches[n].jdim or 0, cap) if cap is not None else specs.branches[n].jdim or 0)
+            for n in specs.jagged
+        )
+        return cls(
+            flat=tuple(specs.flat),
+            jagged=jagged,
+            counts=params.jagged_counts,
+            shift=shift,
+            scale=scale,
+            pad_value=params.pad_value,
+            nan_value=params.nan,
+            drop_nonfinite=params.nan_policy == "drop",
+        )
+
+    @property
+    def features(self) -> list[str]:
+        """Column names of X."""
+        out = list(self.flat)
+        for name, slots in self.jagged:
+            out.extend(f"{name}[{i}]" for i in range(slots))
+        if self.counts:
+            out.extend(f"count({name})" for name, _ in self.jagged)
+        return out
+
+    @property
+    def idim(self) -> int:
+        """Number of columns of X."""
+        return len(self.features)
+
+    def transform(self, record: ak.Array) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows of X for the events of ``record``, and which rows are kept (``None``: all).
+
+        Examples
+        --------
+        >>> layout = Layout(("a",), (("v", 2),), False, {"a": 0, "v": 0}, {"a": 2, "v": 10})
+        >>> layout.transform(ak.Array({"a": [2.0, 4.0], "v": [[10.0, 20.0, 30.0], []]}))[0]
+        array([[1., 1., 2.],
+               [2., 0., 0.]], dtype=float32)
+        """
+        n = len(record)
+        out = np.empty((n, self.idim), dtype=np.float32)
+        for i, name in enumerate(self.flat):
+            out[:, i] = self._normalize(name, ak.to_numpy(record[name]))
+        column = len(self.flat)
+        count_column = column + sum(slots for _, slots in self.jagged)
+        for name, slots in self.jagged:
+            values = record[name]
+            counts = ak.to_numpy(ak.num(values, axis=1))
+            block = out[:, column : column + slots]
+            block[:] = self.pad_value
+            if slots:
+                content = self._normalize(name, ak.to_numpy(ak.flatten(values, axis=1)))
+                starts = np.cumsum(counts) - counts
+                local = np.arange(len(content)) - np.repeat(starts, counts)
+                rows = np.repeat(np.arange(n), counts)
+                inside = local < slots
+                block[rows[inside], local[inside]] = content[inside]
+            if self.counts:
+                out[:, count_column] = counts / max(slots, 1)
+                count_column += 1
+            column += slots
+        bad = ~np.isfinite(out)
+        if not bad.any():
+            return out, None
+        if self.drop_nonfinite:
+            keep: np.ndarray = ~bad.any(axis=1)
+            return out[keep], keep
+        out[bad] = self.nan_value
+        return out, None
+
+    def _normalize(self, name: str, values: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return (values.astype(np.float32, copy=False) - np.float32(self.shift[name])) / np.float32(
+                self.scale[name]
+            )
+
+
+def split_codes(
+    file_index: int, entries: np.ndarray, seed: int, split: float, test_fraction: float
+) -> np.ndarray:
+    """0 (train), 1 (validation) or 2 (test) for each entry of one file.
+
+    A SplitMix64 hash of ``(seed, file_index, entry)`` mapped to [0, 1): below ``1 - split``
+    is train, the next ``split * (1 - test_fraction)`` validation, the rest test.
+
+    Examples
+    --------
+    >>> codes = split_codes(0, np.arange(100_000), seed=1, split=0.3, test_fraction=0.5)
+    >>> [round(float(np.mean(codes == c)), 2) for c in (0, 1, 2)]
+    [0.7, 0.15, 0.15]
+    """
+    x = entries.astype(np.uint64) ^ np.uint64(
+        (file_index * 0x9E3779B97F4A7C15 + seed * 0xD1B54A32D192ED03) % 2**64
+    )
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    u = (x >> np.uint64(11)).astype(np.float64) / float(2**53)
+    codes = np.zeros(len(entries), dtype=np.uint8)
+    codes[u >= 1.0 - split] = 1
+    codes[u >= 1.0 - split * test_fraction] = 2
+    return codes
+
+
+@dataclasses.dataclass
+class Block:
+    """The tensorized events of one partition for one split, in entry order."""
+
+    X: np.ndarray
+    y: np.ndarray | None
+    w: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def take(self, index: Any) -> Block:
+        return Block(self.X[index], _take(self.y, index), _take(self.w, index))
+
+    @staticmethod
+    def concatenate(blocks: Sequence[Block]) -> Block:
+        return Block(
+            np.concatenate([b.X for b in blocks]),
+            None if blocks[0].y is None else np.concatenate([b.y for b in blocks]),
+            None if blocks[0].w is None else np.concatenate([b.w for b in blocks]),
+        )
+
+
+def _take(values: np.ndarray | None, index: Any) -> np.ndarray | None:
+    return None if values is None else values[index]
+
+
+class Tensorize:
+    """Callable run on a worker: one raw partition to the :class:`Block` of one split.
+
+    Parameters
+    ----------
+    plan
+        The preprocessing plan (its extras hold the label/weight branches).
+    layout
+        The row layout.
+    params
+        Split fractions, seed, label and weight branch.
+    split
+        ``"train"``, ``"validation"`` or ``"test"``.
+    labels
+        One label per input file, or ``None`` (then ``params.label_branch`` or no target).
+    count_only
+        Return only the number of events (for planning; reads no feature when possible).
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        layout: Layout,
+        params: Params,
+        split: str,
+        labels: Sequence[float] | None = None,
+        count_only: bool = False,
+    ) -> None:
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, not {split!r}")
+        self.plan = plan
+        self.layout = layout
+        self.code = SPLITS.index(split)
+        self.split, self.test_fraction, self.seed = params.split, params.test_fraction, params.seed
+        self.label_branch, self.weight_branch = params.label_branch, params.weight_branch
+        self.labels = None if labels is None else np.asarray(labels)
+        self.count_only = count_only
+
+    def __call__(self, partition: ak.Array, file_index: int, start: int) -> Block | int:
+        if self.count_only and not self.layout.drop_nonfinite:
+            keep = self.plan.keep(partition) if self.plan.cuts else None
+            entries = start + (np.arange(len(partition)) if keep is None else np.flatnonzero(keep))
+            return int(np.count_nonzero(self._codes(file_index, entries) == self.code))
+        selection = self.plan.select(partition)
+        keep = selection.keep
+        entries = start + (np.arange(len(partition)) if keep is None else np.flatnonzero(keep))
+        mine = self._codes(file_index, entries) == self.code
+        record = selection.record[mine]
+        X, rows = self.layout.transform(record)
+        if self.count_only:
+            return len(X)
+        y = self._target(record, file_index)
+        w = None if self.weight_branch is None else ak.to_numpy(record[self.weight_branch]).astype(np.float32)
+        block = Block(X, y, w)
+        return block if rows is None else Block(X, _take(y, rows), _take(w, rows))
+
+    def _codes(self, file_index: int, entries: np.ndarray) -> np.ndarray:
+        return split_codes(file_index, entries, self.seed, self.split, self.test_fraction)
+
+    def _target(self, record: ak.Array, file_index: int) -> np.ndarray | None:
+        if self.label_branch is not None:
+            return _as_target(ak.to_numpy(record[self.label_branch]))
+        if self.labels is None:
+            return None
+        return np.full(len(record), self.labels[file_index], dtype=_target_dtype(self.labels))
+
+
+def _target_dtype(values: np.ndarray) -> type:
+    """Integer classes stay integers (for cross-entropy losses); anything else is float32."""
+    return np.int64 if np.all(np.mod(values, 1) == 0) else np.float32
+
+
+def _as_target(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "biu":
+        return values.astype(np.int64)
+    return values.astype(np.float32)
