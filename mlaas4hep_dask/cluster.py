@@ -91,5 +91,7 @@ def compute(objs: list[Any], target: Any = None, progress: bool = False) -> list
         from dask.diagnostics import ProgressBar
 
         context = ProgressBar(minimum=1.0)  # type: ignore[assignment]
-    with context:
+    with context, warnings.catch_warnings():
+        # an explicit local scheduler while a distributed Client exists is a deliberate choice
+        warnings.filterwarnings("ignore", message="Running on a single-machine scheduler")
         return list(dask.compute(*objs, scheduler=target))

@@ -19,7 +19,6 @@ import uproot
 __all__ = ["ClassShape", "generate", "make_events"]
 
 _TREE = "events"
-_WRITE_CHUNK = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +99,11 @@ def make_events(
     }
 
 
-def _write(path: Path, n: int, shape: ClassShape, rng: np.random.Generator) -> None:
+def _write(path: Path, n: int, shape: ClassShape, rng: np.random.Generator, basket: int) -> None:
     with uproot.recreate(path, compression=uproot.ZLIB(4)) as fout:
         tree = None
-        for first in range(0, n, _WRITE_CHUNK):
-            chunk = make_events(min(_WRITE_CHUNK, n - first), shape, rng, first_event=first)
+        for first in range(0, n, basket):  # one extend() writes one basket per branch
+            chunk = make_events(min(basket, n - first), shape, rng, first_event=first)
             if tree is None:
                 types = {
                     k: (v.type.content if isinstance(v, ak.Array) else v.dtype) for k, v in chunk.items()
@@ -118,7 +117,9 @@ def _write(path: Path, n: int, shape: ClassShape, rng: np.random.Generator) -> N
             tree.extend(chunk)
 
 
-def generate(out: str | Path, events: int = 10_000, files: int = 1, seed: int = 42) -> list[Path]:
+def generate(
+    out: str | Path, events: int = 10_000, files: int = 1, seed: int = 42, basket: int = 20_000
+) -> list[Path]:
     """Write ``files`` signal and ``files`` background ROOT files of ``events`` events each.
 
     Also writes ``files.txt`` and ``labels.txt`` (1 = signal, 0 = background) in the
@@ -134,6 +135,9 @@ def generate(out: str | Path, events: int = 10_000, files: int = 1, seed: int = 
         Files per class.
     seed
         Seed; the same seed gives the same files.
+    basket
+        Events per basket, like ROOT's bounded basket sizes (20 000 events are ~80 kB per
+        float branch); readers decompress a whole basket at a time.
 
     Returns
     -------
@@ -155,7 +159,7 @@ def generate(out: str | Path, events: int = 10_000, files: int = 1, seed: int = 
     for index in range(files):
         for label, name, shape in ((1, "ttH", SIGNAL), (0, "ttbar", BACKGROUND)):
             path = out / f"{name}_{index}.root"
-            _write(path, events, shape, np.random.default_rng([seed, label, index]))
+            _write(path, events, shape, np.random.default_rng([seed, label, index]), basket)
             written.append(path)
             labels.append(label)
     (out / "files.txt").write_text("".join(f"{p.resolve()}\n" for p in written))

@@ -101,6 +101,11 @@ class Specs:
         return len(self.features)
 
     @property
+    def from_original_tool(self) -> bool:
+        """Whether these specs were read from the original MLaaS4HEP format (no trees, no preproc)."""
+        return not self.files or not all(f.tree for f in self.files)
+
+    @property
     def nevents(self) -> int:
         """Events over all files, after preprocessing."""
         return sum(f.nevents for f in self.files)

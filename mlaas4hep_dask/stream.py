@@ -179,7 +179,12 @@ def _check_specs(specs: Specs, plan: Plan, recipe: Preproc | None, dataset: Data
         )
     recorded = (specs.preproc or {}).get("definition")
     current = dict(recipe.source) if recipe is not None else None
-    if specs.preproc is not None and recorded != current:
+    if specs.from_original_tool:
+        if current:
+            warnings.warn(
+                "specs in the original tool's format do not say which preproc.json made them", stacklevel=3
+            )
+    elif recorded != current:
         raise SpecsError("the specs were computed with a different preproc.json: compute them again")
     spec_paths = [f.path for f in specs.files]
     if spec_paths and spec_paths != [f.path for f in dataset.files]:

@@ -142,7 +142,7 @@ class Layout:
         if not bad.any():
             return out, None
         if self.drop_nonfinite:
-            keep: np.ndarray = ~bad.any(axis=1)
+            keep = np.asarray(~bad.any(axis=1))
             return out[keep], keep
         out[bad] = self.nan_value
         return out, None

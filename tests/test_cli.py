@@ -109,5 +109,7 @@ def test_bad_preproc_is_one_line(
     bad.write_text(json.dumps({"new_branch": {"x": {"def": "log(partonEE)", "type": "jagged"}}}))
     assert main(["specs", "--files", str(generated[0]), "--preproc", str(bad), "--scheduler", "sync"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("mlaas4hep: error: preproc new_branch 'x' def: unknown branch 'partonEE'; nearest: 'partonE'")
+    assert err.startswith(
+        "mlaas4hep: error: preproc new_branch 'x' def: unknown branch 'partonEE'; nearest: 'partonE'"
+    )
     assert err.count("\n") == 1

@@ -1,0 +1,160 @@
+"""The streaming loader: mixing, completeness, splits, shuffling, schedulers, memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+
+import mlaas4hep_dask as m
+from mlaas4hep_dask.generate import generate
+from mlaas4hep_dask.stream import BatchLoader, plan_chunks
+
+from ._reference import read_all
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three files of different sizes (3000, 3000, 1200 events)."""
+    out = tmp_path_factory.mktemp("three")
+    files = generate(out / "a", events=3000, files=1, seed=3)
+    files += generate(out / "b", events=1200, files=1, seed=4)[:1]
+    return files
+
+
+def _ids(loader: BatchLoader) -> list[tuple[int, int]]:
+    """(file label, event number) of every event an epoch yields; event number comes as weight."""
+    out: list[tuple[int, int]] = []
+    for X, y, w in loader:
+        assert X.shape[1] == loader.idim
+        out.extend(zip(y.tolist(), w.astype(np.int64).tolist(), strict=True))
+    return out
+
+
+PARAMS = {"chunk_size": 700, "batch_size": 64, "weight_branch": "event", "seed": 5}
+
+
+def _loader(
+    files: list[Path], split: str = "train", client: object = "threads", **params: object
+) -> BatchLoader:
+    p = {**PARAMS, **params}
+    specs = m.compute_specs(files, p, client="sync")
+    return BatchLoader(files, specs, p, labels=list(range(len(files))), split=split, client=client)
+
+
+def test_no_event_lost_or_duplicated_across_splits(three: list[Path]) -> None:
+    every = []
+    for split in ("train", "validation", "test"):
+        ids = _ids(_loader(three, split))
+        assert len(ids) == len(set(ids))
+        every += ids
+    expected = {
+        (i, e) for i, path in enumerate(three) for e in read_all([path], "events", ["event"]).event.tolist()
+    }
+    assert len(every) == len(expected) == 7200
+    assert set(every) == expected
+
+
+def test_len_and_batches(three: list[Path]) -> None:
+    loader = _loader(three)
+    sizes = [len(X) for X, _, _ in loader]
+    assert sum(sizes) == len(loader)
+    assert 0.65 < len(loader) / 7200 < 0.75
+    assert all(s == 64 for s in sizes[:-1])
+    assert 0 < sizes[-1] <= 64
+
+
+def test_every_chunk_mixes_files_in_proportion(three: list[Path]) -> None:
+    loader = _loader(three)
+    counts = np.zeros(3)
+    chunks = list(loader.iter_chunks())
+    assert len(chunks) == len(loader.chunks()) > 3
+    per_chunk = [np.bincount(c.y, minlength=3) for c in chunks]
+    totals = np.sum(per_chunk, axis=0)
+    for shares in per_chunk:
+        counts += shares
+        exact = totals / len(chunks)
+        assert np.all(np.abs(shares - exact) < 1), (shares, exact)
+    assert counts.sum() == len(loader)
+
+
+def test_plan_chunks_covers_every_event_once() -> None:
+    counts, files = [5, 0, 7, 3, 9, 9], [0, 0, 0, 1, 2, 2]
+    chunks = plan_chunks(counts, files, 4)
+    seen = {p: np.zeros(n, int) for p, n in enumerate(counts)}
+    for chunk in chunks:
+        for piece in chunk:
+            seen[piece.partition][piece.lo : piece.hi] += 1
+    assert all(np.all(v == 1) for v in seen.values())
+    assert len(chunks) == 9  # ceil(33 / 4)
+    assert plan_chunks([0, 0], [0, 1], 10) == []
+    assert len(plan_chunks(counts, files, -1)) == 1
+
+
+def test_split_is_independent_of_partitioning(three: list[Path]) -> None:
+    a = sorted(_ids(_loader(three, "validation", chunk_size=500)))
+    b = sorted(_ids(_loader(three, "validation", chunk_size=1900, client="sync")))
+    assert a == b
+
+
+def test_shuffle_is_seeded_and_changes_with_epoch(three: list[Path]) -> None:
+    first, second = _loader(three), _loader(three)
+    epoch0 = _ids(first)
+    assert epoch0 == _ids(second)
+    epoch1 = _ids(first)
+    assert epoch1 != epoch0
+    assert sorted(epoch1) == sorted(epoch0)
+    assert _ids(_loader(three, seed=6)) != epoch0
+    ordered = _ids(_loader(three, shuffle=False))
+    assert ordered != epoch0
+    assert sorted(ordered) == sorted(epoch0)
+
+
+def test_cuts_are_applied_and_counted_without_features(three: list[Path]) -> None:
+    preproc = {
+        "flat_cut": {"nLeptons": {"cut": "nLeptons >= 1"}},
+        "jagged_cut": {"jetPt": {"cut": ["jetPt > 40", "any"]}},
+    }
+    p = {**PARAMS, "split": 0.0}
+    specs = m.compute_specs(three, p, preproc=preproc, client="sync")
+    loader = BatchLoader(three, specs, p, preproc=preproc, labels=[0, 1, 2], client="threads")
+    assert set(loader.plan.cut_columns) == {"jetPt", "nLeptons"}  # counting reads only these
+    ids = _ids(loader)
+    assert len(ids) == specs.nevents == len(loader)
+    expected = set()
+    for i, path in enumerate(three):
+        a = read_all([path], "events", ["event", "nLeptons", "jetPt"])
+        keep = (a.nLeptons >= 1) & ak.any(a.jetPt > 40, axis=1)
+        expected |= {(i, e) for e in a.event[keep].tolist()}
+    assert set(ids) == expected
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_same_split_on_one_and_two_workers(three: list[Path]) -> None:
+    from distributed import Client, LocalCluster
+
+    reference = sorted(_ids(_loader(three, "test", client="sync")))
+    for workers in (1, 2):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0")
+        with cluster, Client(cluster.scheduler_address) as client:  # by address, as a remote scheduler
+            assert sorted(_ids(_loader(three, "test", client=client))) == reference
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_data(tmp_path: Path) -> None:
+    peaks = []
+    for scale in (1, 4):
+        files = generate(tmp_path / f"x{scale}", events=6000 * scale, files=1, seed=1, basket=1000)
+        p = {"chunk_size": 3000, "batch_size": 500, "split": 0.0, "prefetch": 1}
+        specs = m.compute_specs(files, p, client="sync")
+        loader = BatchLoader(files, specs, p, labels=[1, 0], client="sync")
+        tracemalloc.start()
+        n = sum(len(X) for X, _ in loader)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert n == 12000 * scale
+    assert peaks[1] < 1.5 * peaks[0], peaks

@@ -1,0 +1,155 @@
+"""Padding, clipping, normalization, counts, non-finite values, labels and weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+import mlaas4hep_dask as m
+from mlaas4hep_dask.stream import BatchLoader
+from mlaas4hep_dask.tensorize import Layout, split_codes
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five events with known values: a flat, a constant and a jagged branch (with NaN)."""
+    path = tmp_path_factory.mktemp("small") / "small.root"
+    with uproot.recreate(path) as f:
+        f.mktree(
+            "t", {"a": "float32", "c": "int32", "v": "var * float32", "target": "float32", "w": "float32"}
+        )
+        f["t"].extend(
+            {
+                "a": np.array([0.0, 10.0, 5.0, 2.0, 8.0], dtype=np.float32),
+                "c": np.full(5, 7, dtype=np.int32),
+                "v": ak.values_astype(
+                    ak.Array([[1.0, 3.0, 2.0], [], [5.0], [np.nan, 4.0], [3.0, 1.0]]), np.float32
+                ),
+                "target": np.array([0.5, 1.5, 2.5, 3.5, 4.5], dtype=np.float32),
+                "w": np.array([1.0, 2.0, 1.0, 0.5, 1.0], dtype=np.float32),
+            }
+        )
+    return path
+
+
+def _all(path: Path, params: dict, **kwargs) -> tuple:  # type: ignore[no-untyped-def, type-arg]
+    """Every event, in entry order (split fractions 0, no shuffle)."""
+    base = {"split": 0.0, "shuffle": False, "batch_size": 100, "exclude_branches": ["target", "w"]}
+    specs = m.compute_specs([path], {**base, **params}, client="sync")
+    loader = BatchLoader([path], specs, {**base, **params}, client="sync", **kwargs)
+    batches = list(loader)
+    assert len(batches) == 1
+    return specs, loader, batches[0]
+
+
+def test_minmax_padding_and_constant_branch(small: Path) -> None:
+    specs, loader, (X, y) = _all(small, {})
+    assert y is None
+    assert loader.features == ["a", "c", "nv", "v[0]", "v[1]", "v[2]"]
+    assert specs.branches["v"].jdim == 3
+    # a: min 0, max 10; c: constant -> 0; v: min 1, max 5 (NaN left out), pad 0, NaN -> 0
+    expected_v = [[0.0, 0.5, 0.25], [0, 0, 0], [1.0, 0, 0], [0.0, 0.75, 0], [0.5, 0.0, 0]]
+    np.testing.assert_allclose(X[:, 0], [0.0, 1.0, 0.5, 0.2, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(X[:, 1], 0.0)
+    np.testing.assert_allclose(X[:, 3:], expected_v, rtol=1e-6)
+    assert X.dtype == np.float32
+
+
+def test_clipping_counts_and_pad_value(small: Path) -> None:
+    _, loader, (X, _) = _all(small, {"max_jagged": 2, "jagged_counts": True, "pad_value": -1.0})
+    assert loader.features == ["a", "c", "nv", "v[0]", "v[1]", "count(v)"]
+    assert loader.idim == 6
+    np.testing.assert_allclose(
+        X[:, 3:5], [[0.0, 0.5], [-1, -1], [1.0, -1], [0.0, 0.75], [0.5, 0.0]], rtol=1e-6
+    )
+    np.testing.assert_allclose(X[:, 5], [1.5, 0.0, 0.5, 1.0, 1.0])  # true count / slots
+
+
+def test_standard_and_none(small: Path) -> None:
+    _, _, (X, _) = _all(small, {"normalize": "standard"})
+    a = np.array([0.0, 10.0, 5.0, 2.0, 8.0])
+    np.testing.assert_allclose(X[:, 0], (a - a.mean()) / a.std(), rtol=1e-5)
+    _, _, (X, _) = _all(small, {"normalize": "none", "nan": -9.0})
+    np.testing.assert_allclose(X[:, 0], a)
+    np.testing.assert_allclose(X[3, 3:], [-9.0, 4.0, 0.0])
+
+
+def test_nan_policy_drop(small: Path) -> None:
+    _, loader, (X, _) = _all(small, {"nan_policy": "drop"})
+    assert len(loader) == 4
+    assert len(X) == 4
+    np.testing.assert_allclose(X[:, 0], [0.0, 1.0, 0.5, 0.8], rtol=1e-6)
+
+
+def test_label_branch_and_weights(small: Path) -> None:
+    _, _, (X, y, w) = _all(small, {"label_branch": "target", "weight_branch": "w"})
+    np.testing.assert_allclose(y, [0.5, 1.5, 2.5, 3.5, 4.5])
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(w, [1.0, 2.0, 1.0, 0.5, 1.0])
+    assert X.shape == (5, 6)
+
+
+def test_labels_from_file_are_integer_classes(generated: list[Path], tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("# signal first\n1\n0\n")
+    params = {"batch_size": 10_000, "shuffle": False}
+    specs = m.compute_specs(generated, params, client="sync")
+    loader = BatchLoader(generated, specs, params, labels=labels, client="sync")
+    ys = np.concatenate([y for _, y in loader])
+    assert ys.dtype == np.int64
+    assert set(np.unique(ys)) == {0, 1}
+    floats = BatchLoader(generated, specs, params, labels=[0.25, 0.75], client="sync")
+    assert next(iter(floats))[1].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "params", "error", "message"),
+    [
+        ({"labels": [1, 0, 1]}, {}, m.ConfigError, "gives 3 labels for 2 input files"),
+        ({"labels": ["a", "b"]}, {}, m.ConfigError, "entry 1 is 'a', not a number"),
+        ({"labels": [1, 0]}, {"label_branch": "event"}, m.ConfigError, "either labels"),
+        ({}, {"label_branch": "HT"}, m.ConfigError, "'HT' is a feature"),
+        ({}, {"weight_branch": "jetPt"}, m.ConfigError, "'jetPt' is a jagged branch"),
+        ({}, {"label_branch": "nope"}, m.ConfigError, "unknown branch 'nope'"),
+        ({"split": "training"}, {}, m.ConfigError, "split must be one of"),
+        ({"preproc": {"flat_cut": {"HT": {"cut": "HT > 200"}}}}, {}, m.SpecsError, "different preproc.json"),
+        (
+            {"preproc": {"new_branch": {"x": {"def": "HT*2", "type": "flat"}}}},
+            {},
+            m.SpecsError,
+            "in the data only: ['x']",
+        ),
+    ],
+)
+def test_loader_rejects_bad_inputs(
+    generated: list[Path], kwargs: dict, params: dict, error: type, message: str
+) -> None:
+    specs = m.compute_specs(generated, client="sync")
+    with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
+        BatchLoader(generated, specs, params, client="sync", **kwargs)
+
+
+def test_split_codes_are_stable_and_proportional() -> None:
+    entries = np.arange(200_000)
+    codes = split_codes(3, entries, seed=9, split=0.3, test_fraction=0.5)
+    fractions = [np.mean(codes == c) for c in (0, 1, 2)]
+    assert fractions == pytest.approx([0.7, 0.15, 0.15], abs=0.005)
+    # the same event gets the same split whatever slice it is computed in
+    np.testing.assert_array_equal(codes[1000:2000], split_codes(3, entries[1000:2000], 9, 0.3, 0.5))
+    assert not np.array_equal(codes, split_codes(4, entries, 9, 0.3, 0.5))
+    assert not np.array_equal(codes, split_codes(3, entries, 10, 0.3, 0.5))
+
+
+def test_layout_from_original_specs(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    path.write_text(
+        '{"jdim": {"v": 2}, "minv": {"a": 0, "v": 1}, "maxv": {"a": 4, "v": 5}, "fkeys": ["a"], "jkeys": ["v"]}'
+    )
+    layout = Layout.from_specs(m.Specs.load(path), m.Params())
+    X, keep = layout.transform(ak.Array({"a": [2.0], "v": [[3.0, 5.0, 9.0]]}))
+    assert keep is None
+    np.testing.assert_allclose(X, [[0.5, 0.5, 1.0]])
