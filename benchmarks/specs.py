@@ -39,12 +39,13 @@ def step_baseline(files: list[str], chunk_size: int) -> None:
 
 
 def step_specs(files: list[str], chunk_size: int, workers: int, preproc: str | None) -> None:
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     import mlaas4hep_dask as m
+    from mlaas4hep_dask.cluster import local_cluster
 
     with (
-        LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster,
+        local_cluster(workers) as cluster,
         Client(cluster) as client,
     ):
         client.wait_for_workers(workers)

@@ -16,9 +16,33 @@ import dask
 
 from .errors import ConfigError
 
-__all__ = ["compute", "connect"]
+__all__ = ["WORKER_ENVIRON", "compute", "connect", "local_cluster"]
 
 _LOCAL_SCHEDULERS = ("threads", "processes", "sync", "synchronous", "single-threaded")
+
+#: Environment of the worker processes we start.  Dask's default (``MALLOC_TRIM_THRESHOLD_``
+#: 64 kB) hands freed memory back to the OS at once, so every partition-sized array page-faults
+#: anew: the loader ran 1.45x slower.  Keeping up to 1 GiB of freed heap per worker (and
+#: serving large arrays from the heap) trades that memory for speed.  For other settings,
+#: start your own cluster and pass its Client.
+WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": 2**30, "MALLOC_MMAP_THRESHOLD_": 2**30}
+
+
+def local_cluster(
+    n_workers: int | None = None, threads_per_worker: int = 1, memory_limit: str | None = None
+) -> Any:
+    """Start a ``distributed.LocalCluster`` of worker processes tuned for array work."""
+    from distributed import LocalCluster
+
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRON}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit or "auto",
+            dashboard_address=":0",
+        )
 
 
 @contextlib.contextmanager
@@ -42,17 +66,10 @@ def connect(
     if scheduler in _LOCAL_SCHEDULERS:
         yield scheduler
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if scheduler == "local":
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Port .* is already in use")
-            cluster = LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=threads_per_worker,
-                memory_limit=memory_limit or "auto",
-                dashboard_address=":0",
-            )
+        cluster = local_cluster(n_workers, threads_per_worker, memory_limit)
         try:
             with Client(cluster) as client:
                 yield client

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .cluster import compute
+from .cluster import compute, local_cluster
 from .config import Params, load_labels, load_params
 from .errors import ConfigError, SpecsError
 from .io import Dataset, open_dataset
@@ -150,9 +150,9 @@ def _executor(client: Any) -> Any:
     if client in ("sync", "synchronous", "single-threaded"):
         return _Inline()
     if client == "processes":
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
-        cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=":0")
+        cluster = local_cluster()
         return _Distributed(Client(cluster, set_as_default=False), owned=cluster)
     if isinstance(client, str):
         raise ConfigError(
@@ -353,19 +353,27 @@ class BatchLoader:
                 blocks.append(ready[p].take(slice(piece.lo, piece.hi)))
                 if last_use[p] == k:
                     del ready[p]
-            block = Block.concatenate(blocks)
-            yield block.take(rng.permutation(len(block))) if self.params.shuffle else block
+            order = rng.permutation(sum(map(len, blocks))) if self.params.shuffle else None
+            yield Block.concatenate(blocks, order)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
         size = self.params.batch_size
-        carry: Block | None = None
+        carry: Block | None = None  # the start of a batch that continues in the next chunk
         for chunk in self.iter_chunks():
-            block = chunk if carry is None else Block.concatenate([carry, chunk])
-            full = len(block) - len(block) % size
-            for start in range(0, full, size):
-                yield self._batch(block.take(slice(start, start + size)))
-            carry = block.take(slice(full, None)) if full < len(block) else None
-        if carry is not None:
+            start = 0
+            if carry is not None:
+                start = min(size - len(carry), len(chunk))
+                carry = Block.concatenate([carry, chunk.take(slice(0, start))])
+                if len(carry) < size:
+                    continue
+                yield self._batch(carry)
+                carry = None
+            stop = start + (len(chunk) - start) // size * size
+            for first in range(start, stop, size):
+                yield self._batch(chunk.take(slice(first, first + size)))
+            if stop < len(chunk):
+                carry = chunk.take(slice(stop, None))
+        if carry is not None and len(carry):
             yield self._batch(carry)
 
     def _batch(self, block: Block) -> tuple[np.ndarray, ...]:

@@ -118,40 +118,57 @@ class Layout:
         """
         n = len(record)
         out = np.empty((n, self.idim), dtype=np.float32)
+        flat_out = out.reshape(-1)  # a view: scattering by flat index is far faster than 2-D
+        nonfinite = np.zeros(n, dtype=bool) if self.drop_nonfinite else None
         for i, name in enumerate(self.flat):
-            out[:, i] = self._normalize(name, ak.to_numpy(record[name]))
+            out[:, i] = self._clean(self._normalize(name, ak.to_numpy(record[name])), nonfinite, None)
         column = len(self.flat)
         count_column = column + sum(slots for _, slots in self.jagged)
         for name, slots in self.jagged:
             values = record[name]
             counts = ak.to_numpy(ak.num(values, axis=1))
-            block = out[:, column : column + slots]
-            block[:] = self.pad_value
-            if slots:
+            out[:, column : column + slots] = self.pad_value
+            if slots and len(counts):
                 content = self._normalize(name, ak.to_numpy(ak.flatten(values, axis=1)))
-                starts = np.cumsum(counts) - counts
-                local = np.arange(len(content)) - np.repeat(starts, counts)
-                rows = np.repeat(np.arange(n), counts)
-                inside = local < slots
-                block[rows[inside], local[inside]] = content[inside]
+                # flat position of item j of event i: i * idim + column + (j - start_i)
+                base = np.arange(column, n * self.idim + column, self.idim, dtype=np.int64)
+                base -= np.cumsum(counts) - counts
+                target = np.repeat(base, counts)
+                target += np.arange(len(content), dtype=np.int64)
+                if counts.max() > slots:  # clip: keep the first `slots` items of each event
+                    inside = (target - np.repeat(np.arange(n) * self.idim + column, counts)) < slots
+                    target, content = target[inside], content[inside]
+                    rows = np.repeat(np.arange(n), np.minimum(counts, slots))
+                else:
+                    rows = np.repeat(np.arange(n), counts) if nonfinite is not None else None
+                flat_out[target] = self._clean(content, nonfinite, rows)
             if self.counts:
                 out[:, count_column] = counts / max(slots, 1)
                 count_column += 1
             column += slots
-        bad = ~np.isfinite(out)
-        if not bad.any():
-            return out, None
-        if self.drop_nonfinite:
-            keep = np.asarray(~bad.any(axis=1))
+        if nonfinite is not None and nonfinite.any():
+            keep = ~nonfinite
             return out[keep], keep
-        out[bad] = self.nan_value
         return out, None
 
+    def _clean(self, values: np.ndarray, nonfinite: np.ndarray | None, rows: np.ndarray | None) -> np.ndarray:
+        """Replace NaN/inf by ``nan_value``, or mark their events (``rows``; ``None``: one per event)."""
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            return values
+        if nonfinite is not None:
+            nonfinite[bad if rows is None else rows[bad]] = True
+            return values
+        values = values.copy()
+        values[bad] = self.nan_value
+        return values
+
     def _normalize(self, name: str, values: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            return (values.astype(np.float32, copy=False) - np.float32(self.shift[name])) / np.float32(
-                self.scale[name]
-            )
+        out = np.subtract(values, self.shift[name], dtype=np.float32)  # one pass to a new float32
+        if self.scale[name] != 1.0:
+            with np.errstate(all="ignore"):
+                out *= np.float32(1.0 / self.scale[name])
+        return out
 
 
 def split_codes(
@@ -197,12 +214,34 @@ class Block:
         return Block(self.X[index], _take(self.y, index), _take(self.w, index))
 
     @staticmethod
-    def concatenate(blocks: Sequence[Block]) -> Block:
-        return Block(
-            np.concatenate([b.X for b in blocks]),
-            None if blocks[0].y is None else np.concatenate([b.y for b in blocks]),
-            None if blocks[0].w is None else np.concatenate([b.w for b in blocks]),
+    def concatenate(blocks: Sequence[Block], order: np.ndarray | None = None) -> Block:
+        """One block of all rows; with ``order``, row ``i`` of the input goes to ``order[i]``.
+
+        Placing the rows directly shuffles with a single copy.
+        """
+        if order is None:
+            return Block(
+                np.concatenate([b.X for b in blocks]),
+                None if blocks[0].y is None else np.concatenate([b.y for b in blocks]),
+                None if blocks[0].w is None else np.concatenate([b.w for b in blocks]),
+            )
+        n = sum(len(b) for b in blocks)
+        first = blocks[0]
+        out = Block(
+            np.empty((n, first.X.shape[1]), dtype=first.X.dtype),
+            None if first.y is None else np.empty(n, dtype=first.y.dtype),
+            None if first.w is None else np.empty(n, dtype=first.w.dtype),
         )
+        at = 0
+        for b in blocks:
+            where = order[at : at + len(b)]
+            out.X[where] = b.X
+            if out.y is not None:
+                out.y[where] = b.y
+            if out.w is not None:
+                out.w[where] = b.w
+            at += len(b)
+        return out
 
 
 def _take(values: np.ndarray | None, index: Any) -> np.ndarray | None:
@@ -256,7 +295,7 @@ class Tensorize:
         keep = selection.keep
         entries = start + (np.arange(len(partition)) if keep is None else np.flatnonzero(keep))
         mine = self._codes(file_index, entries) == self.code
-        record = selection.record[mine]
+        record = selection.record if mine.all() else selection.record[mine]
         X, rows = self.layout.transform(record)
         if self.count_only:
             return len(X)
