@@ -86,7 +86,7 @@ def main() -> None:
     me = str(Path(__file__).resolve())
     rows = []
     for scale in args.scales:
-        files = ensure_data(args.out / f"data-{scale}x", args.events * scale, args.files_per_class * scale)
+        files = ensure_data(args.out / f"data-{scale}x", args.events * scale, args.files_per_class)
         names = [str(f) for f in files]
         specs_path = args.out / f"specs-{scale}x.json"
         m.compute_specs(names, {"chunk_size": args.chunk_size}, client="threads").save(specs_path)

@@ -82,7 +82,7 @@ def main() -> None:
     me = str(Path(__file__).resolve())
     rows = []
     for scale in args.scales:
-        files = ensure_data(args.out / f"data-{scale}x", args.events * scale, args.files_per_class * scale)
+        files = ensure_data(args.out / f"data-{scale}x", args.events * scale, args.files_per_class)
         names = [str(f) for f in files]
         mbytes = compressed_bytes(files, TREE, _branches(files)) / 1e6
         base = run_measured([me, "--step", "baseline", *names, str(args.chunk_size)])

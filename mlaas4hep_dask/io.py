@@ -80,6 +80,11 @@ class Dataset:
     partitions: tuple[tuple[int, int, int], ...]
     params: Params
 
+    def with_step(self, step: int) -> Dataset:
+        """The same inputs cut into partitions of ``step`` entries (``-1``: one per file)."""
+        params = dataclasses.replace(self.params, chunk_size=step)
+        return dataclasses.replace(self, partitions=_partitions(self.files, params))
+
     @property
     def nevents(self) -> int:
         """Entries that the partitions cover (after ``nevts``)."""

@@ -161,6 +161,22 @@ def _executor(client: Any) -> Any:
     return _Distributed(client)
 
 
+_MIN_STEP = 20_000
+
+
+def _partition_step(chunk_size: int, nfiles: int) -> int:
+    """Entries per loader partition.
+
+    A chunk takes about ``chunk_size / nfiles`` events of every file, and each file's current
+    partition stays in memory until consumed; partitions of twice that keep memory near two
+    chunks whatever the number of files (but not below 20 000 entries, where task overhead
+    would dominate).
+    """
+    if chunk_size == -1:
+        return -1
+    return min(chunk_size, max(2 * math.ceil(chunk_size / nfiles), _MIN_STEP))
+
+
 def _check_specs(specs: Specs, plan: Plan, recipe: Preproc | None, dataset: Dataset) -> None:
     """Refuse specs that do not describe these inputs after this preprocessing."""
     ours = {n: b.kind for n, b in plan.branches.items()}
@@ -240,7 +256,8 @@ class BatchLoader:
         self.params = load_params(params)
         self.specs = specs if isinstance(specs, Specs) else Specs.load(specs)
         recipe = load_preproc(preproc)
-        self.dataset = open_dataset(files, self.params)
+        dataset = open_dataset(files, self.params)
+        self.dataset = dataset.with_step(_partition_step(self.params.chunk_size, len(dataset.files)))
         extras = [b for b in (self.params.label_branch, self.params.weight_branch) if b]
         self.plan = make_plan(recipe, self.dataset.available, self.dataset.branches, extras)
         _check_specs(self.specs, self.plan, recipe, self.dataset)
@@ -349,7 +366,7 @@ class BatchLoader:
             for piece in chunk:
                 p = piece.partition
                 if p not in ready:
-                    ready[p] = self._executor.result(pending.pop(p))
+                    ready[p] = Block(*self._executor.result(pending.pop(p)))
                 blocks.append(ready[p].take(slice(piece.lo, piece.hi)))
                 if last_use[p] == k:
                     del ready[p]
