@@ -35,6 +35,7 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/specs.py
+	$(PY) benchmarks/loader.py
 
 lint: install
 	$(VENV)/bin/ruff check mlaas4hep_dask tests benchmarks

@@ -30,6 +30,7 @@ from .generate import generate
 from .io import Dataset, InputFile, open_dataset
 from .preprocess import Preproc, load_preproc
 from .specs import BranchSpec, FileSpec, Specs, compute_specs
+from .stream import BatchLoader
 
 try:
     __version__ = version("mlaas4hep-dask")
@@ -37,6 +38,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "BatchLoader",
     "BranchSpec",
     "ConfigError",
     "Dataset",

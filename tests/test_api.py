@@ -4,7 +4,7 @@ import mlaas4hep_dask as m
 from mlaas4hep_dask import errors
 
 PUBLIC = {
-    "BranchSpec", "ConfigError", "Dataset", "ExpressionError", "FileSpec", "InputError", "InputFile",
+    "BatchLoader", "BranchSpec", "ConfigError", "Dataset", "ExpressionError", "FileSpec", "InputError", "InputFile",
     "InputNotFoundError", "MLaaSError", "NotRootFileError", "Params", "Preproc", "RemoteInputError", "SchemaError",
     "Specs", "SpecsError", "__version__", "compute_specs", "generate", "load_params", "load_preproc", "open_dataset",
     "read_file_list",
