@@ -13,8 +13,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) install -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import mlaas4hep_dask, pytest, skhep_testdata"
+	$(PIP) install -e ".[test,ml]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import mlaas4hep_dask, pytest, skhep_testdata, torch, xgboost, keras, sklearn"
 	@touch $(STAMP)
 
 # The XRootD tests run a real server: Debian's xrootd-server, installed here when missing.
@@ -32,6 +32,12 @@ demo: install
 	$(VENV)/bin/mlaas4hep generate --out $(DEMO)/data --events 50000 --files 2 --seed 1
 	$(VENV)/bin/mlaas4hep specs --files $(DEMO)/data/files.txt --params configs/params.json \
 	  --preproc configs/preproc.json --out $(DEMO)/specs.json --scheduler local
+	$(VENV)/bin/mlaas4hep train --files $(DEMO)/data/files.txt --labels $(DEMO)/data/labels.txt \
+	  --model configs/models/torch_model.py --params configs/params.json --preproc configs/preproc.json \
+	  --specs $(DEMO)/specs.json --out $(DEMO)/run-torch --scheduler local
+	$(VENV)/bin/mlaas4hep train --files $(DEMO)/data/files.txt --labels $(DEMO)/data/labels.txt \
+	  --model configs/models/xgboost_model.py --params configs/params.json --preproc configs/preproc.json \
+	  --specs $(DEMO)/specs.json --out $(DEMO)/run-xgboost --scheduler local
 
 bench: install
 	$(PY) benchmarks/specs.py

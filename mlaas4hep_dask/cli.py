@@ -104,6 +104,38 @@ def _cmd_specs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .cluster import connect
+    from .train import train
+
+    with connect(args.scheduler, n_workers=args.workers) as target:
+        run = train(
+            args.files, args.model, params=args.params, labels=args.labels, preproc=args.preproc,
+            specs=args.specs, out=args.out, client=target, device=args.device, progress=not args.quiet,
+        )  # fmt: skip
+    final = run.metrics["final"]
+    shown = ", ".join(
+        f"{k} {v:.4f}" for k, v in final.items() if k.startswith(("val_", "test_")) and isinstance(v, float)
+    )
+    print(
+        f"{run.framework}: {shown}; {final['events_trained']:,} events trained in {final['seconds']:.1f} s "
+        f"on {final['device']}\nrun directory: {run.path} (plots in {run.path / 'plots'})"
+    )
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import Params, load_params
+
+    if args.schema:
+        print(json.dumps(Params.json_schema(), indent=1))
+    else:
+        print(json.dumps(load_params(args.file).to_dict(), indent=1))
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
@@ -138,6 +170,40 @@ def _parser() -> argparse.ArgumentParser:
     specs.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     specs.set_defaults(run=_cmd_specs)
 
+    for name in ("train", "workflow"):
+        tr = sub.add_parser(
+            name,
+            help="train model.py on ROOT inputs (the original workflow.py flags)"
+            if name == "train"
+            else "alias of train",
+        )
+        tr.add_argument("--files", required=True, help="files.txt, or a comma-separated list of paths/URLs")
+        tr.add_argument("--labels", help="labels.txt (one label per file), or a comma-separated list")
+        tr.add_argument("--model", required=True, help="model.py defining model(idim)")
+        tr.add_argument("--params", help="params.json")
+        tr.add_argument("--preproc", help="preproc.json")
+        tr.add_argument("--specs", help="reuse this specs file (checked against the data)")
+        tr.add_argument("--out", "--fout", dest="out", help="run directory (default runs/<model>-<time>)")
+        tr.add_argument(
+            "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: a GPU if present"
+        )
+        tr.add_argument("--dtype", help=argparse.SUPPRESS)  # original flag: features are always float32
+        tr.add_argument(
+            "--scheduler",
+            default="local",
+            help="threads, processes, sync, local (default) or tcp://HOST:PORT",
+        )
+        tr.add_argument(
+            "--workers", type=int, default=None, help="LocalCluster workers (default: one per core)"
+        )
+        tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        tr.set_defaults(run=_cmd_train)
+
+    par = sub.add_parser("params", help="print params.json with defaults filled in, or its JSON schema")
+    par.add_argument("file", nargs="?", help="params.json (default: all defaults)")
+    par.add_argument("--schema", action="store_true", help="print the JSON schema instead")
+    par.set_defaults(run=_cmd_params)
+
     gen = sub.add_parser("generate", help="write sample ttH vs ttbar ROOT files")
     gen.add_argument("--out", required=True, help="output directory")
     gen.add_argument("--events", type=int, default=10_000, help="events per file (default: %(default)s)")
@@ -151,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mlaas4hep`` command line; return the exit status."""
     args = _parser().parse_args(argv)
     warnings.showwarning = _show_warning
+    # XRootD's finalizer walks every object at exit and trips torch's deprecated attributes
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op", category=FutureWarning)
     try:
         return int(args.run(args))
     except MLaaSError as err:

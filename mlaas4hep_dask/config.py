@@ -80,6 +80,11 @@ class Params:
         Per-event weights from this flat branch.
     prefetch
         Chunks prepared ahead of the trainer (memory holds at most ``prefetch + 1`` chunks).
+    learning_rate
+        Optimizer step size for PyTorch models (and Keras models we compile).
+    max_fit_events
+        Largest training set given at once to a scikit-learn estimator without
+        ``partial_fit`` (which cannot stream).
     seed
         Seed for everything random (generation, shuffling, splits).
     verbose
@@ -108,6 +113,8 @@ class Params:
     label_branch: str | None = None
     weight_branch: str | None = None
     prefetch: int = 2
+    learning_rate: float = 1e-3
+    max_fit_events: int = 2_000_000
     seed: int = 42
     verbose: int = 1
 
@@ -173,6 +180,33 @@ class Params:
             return cls(**kwargs)
         except ConfigError as err:
             raise ConfigError(str(err).replace("params:", f"{source}:", 1)) from None
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """A JSON schema of params.json (new keys and the original tool's, with defaults)."""
+        kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
+        properties: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            default = f.default
+            if isinstance(default, tuple):
+                prop: dict[str, Any] = {"type": ["array", "string"], "items": {"type": "string"}}
+                default = list(default)
+            elif default is None:
+                prop = {"type": ["integer", "null"] if f.name == "max_jagged" else ["string", "null"]}
+            else:
+                prop = {"type": kinds[type(default)]}
+            properties[f.name] = {**prop, "default": default}
+        for old, new in _ALIASES.items():
+            properties[old] = {"$ref": f"#/properties/{new}", "description": f"original name of {new!r}"}
+        for key, why in _WITHOUT_EFFECT.items():
+            properties[key] = {"description": f"accepted, no effect: {why}"}
+        return {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "mlaas4hep-dask params.json",
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": False,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The params as a JSON-ready dict."""

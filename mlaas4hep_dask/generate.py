@@ -32,11 +32,11 @@ class ClassShape:
     lepton_probs: tuple[float, float, float]
     met_scale: float
     parton_log_e: float
-    partons: int
+    extra_partons: float
 
 
-SIGNAL = ClassShape(3.2, 58.0, 1.35, 0.42, (0.10, 0.60, 0.30), 62.0, 5.95, 8)
-BACKGROUND = ClassShape(2.4, 47.0, 1.55, 0.26, (0.15, 0.62, 0.23), 52.0, 5.75, 6)
+SIGNAL = ClassShape(3.2, 58.0, 1.35, 0.42, (0.10, 0.60, 0.30), 62.0, 5.95, 2.6)
+BACKGROUND = ClassShape(2.4, 47.0, 1.55, 0.26, (0.15, 0.62, 0.23), 52.0, 5.75, 2.0)
 
 
 def _jagged(counts: np.ndarray, values: np.ndarray) -> ak.Array:
@@ -77,12 +77,13 @@ def make_events(
             "Eta": _jagged(n_lep, np.clip(rng.normal(0.0, 1.2, n_l), -2.5, 2.5)),
         }
     )
-    n_par = np.full(n, shape.partons, dtype=np.int32)
-    log_e = rng.normal(shape.parton_log_e, 0.45, n * shape.partons)
+    n_par = (4 + rng.poisson(shape.extra_partons, n)).astype(np.int32)
+    n_p = int(n_par.sum())
+    log_e = rng.normal(shape.parton_log_e, 0.45, n_p)
     parton = ak.zip(
         {
             "E": _jagged(n_par, np.exp(log_e)),
-            "Pt": _jagged(n_par, np.exp(log_e) / np.cosh(rng.normal(0.0, 1.0, n * shape.partons))),
+            "Pt": _jagged(n_par, np.exp(log_e) / np.cosh(rng.normal(0.0, 1.0, n_p))),
         }
     )
     ht = ak.to_numpy(ak.sum(jet.Pt, axis=1)).astype(np.float32)

@@ -7,6 +7,7 @@ then builds a lazy ``dask_awkward.Array`` with one partition per ``chunk_size`` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import glob
@@ -23,6 +24,12 @@ os.environ.setdefault("XRD_CONNECTIONRETRY", "1")
 os.environ.setdefault("XRD_CONNECTIONWINDOW", "10")
 os.environ.setdefault("XRD_REQUESTTIMEOUT", "60")
 os.environ.setdefault("XRD_RUNFORKHANDLER", "1")
+
+# XRootD's TLS initialiser must run before TensorFlow loads its bundled BoringSSL: the other
+# order segfaults as soon as a root:// file is opened (or TF is imported after XRootD is used
+# lazily).  Importing it here, before any user model.py, makes the order right in our processes.
+with contextlib.suppress(ImportError):  # xrootd is a dependency; a broken install is reported later
+    import XRootD.client  # noqa: F401
 
 import uproot
 

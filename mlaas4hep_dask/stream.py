@@ -344,8 +344,14 @@ class BatchLoader:
         files = [f for f, _, _ in self.dataset.partitions]
         return plan_chunks(self.counts, files, self.params.chunk_size)
 
-    def iter_chunks(self) -> Iterator[Block]:
-        """One epoch as shuffled chunks (each a :class:`~mlaas4hep_dask.tensorize.Block`)."""
+    def iter_chunks(self, shuffle: bool | None = None) -> Iterator[Block]:
+        """One epoch as chunks (each a :class:`~mlaas4hep_dask.tensorize.Block`).
+
+        Rows are shuffled within each chunk when ``shuffle`` (default: ``params.shuffle``);
+        unshuffled passes give the same rows in the same order every time (evaluation,
+        XGBoost's two passes over its data).
+        """
+        shuffle = self.params.shuffle if shuffle is None else shuffle
         chunks = self.chunks()
         last_use: dict[int, int] = {}
         for k, chunk in enumerate(chunks):
@@ -370,7 +376,7 @@ class BatchLoader:
                 blocks.append(ready[p].take(slice(piece.lo, piece.hi)))
                 if last_use[p] == k:
                     del ready[p]
-            order = rng.permutation(sum(map(len, blocks))) if self.params.shuffle else None
+            order = rng.permutation(sum(map(len, blocks))) if shuffle else None
             yield Block.concatenate(blocks, order)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:

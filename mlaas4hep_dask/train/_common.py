@@ -1,0 +1,75 @@
+"""What every training backend shares: the task, the metrics, evaluation over a loader."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep_dask.stream import BatchLoader
+from mlaas4hep_dask.tensorize import Block
+
+__all__ = ["Task", "collect", "metrics", "task_of"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What is learned: ``binary`` (labels 0/1), ``multiclass`` (0..n-1) or ``regression``."""
+
+    kind: str
+    n_classes: int = 0
+
+    @property
+    def metric(self) -> str:
+        """The headline validation metric."""
+        return {"binary": "auc", "multiclass": "accuracy", "regression": "mse"}[self.kind]
+
+
+def task_of(labels: list[float] | None, label_dtype: str | None) -> Task:
+    """The task from the per-file labels, or from the dtype of the label branch."""
+    if labels is not None:
+        values = np.asarray(labels)
+        if np.all(np.mod(values, 1) == 0) and values.min() >= 0:
+            n = int(values.max()) + 1
+            return Task("binary", 2) if n <= 2 else Task("multiclass", n)
+        return Task("regression")
+    if label_dtype == "bool":
+        return Task("binary", 2)
+    return Task("regression")
+
+
+def collect(loader: BatchLoader, predict: Callable[[np.ndarray], np.ndarray]) -> Block:
+    """Scores of every event of a loader's split: a Block whose X holds the scores."""
+    parts = [Block(predict(chunk.X), chunk.y, chunk.w) for chunk in loader.iter_chunks(shuffle=False)]
+    if not parts:
+        return Block(np.zeros((0,), np.float32), np.zeros(0), None)
+    return Block.concatenate(parts)
+
+
+def _clip(p: np.ndarray) -> np.ndarray:
+    return np.clip(p, 1e-7, 1 - 1e-7)
+
+
+def metrics(
+    task: Task, y: np.ndarray | None, scores: np.ndarray, w: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Loss and the task's metric: log loss and ROC AUC, cross-entropy and accuracy, or MSE."""
+    if y is None or len(y) == 0:
+        return {}
+    if task.kind == "binary":
+        from sklearn.metrics import roc_auc_score
+
+        p = _clip(scores.reshape(len(y), -1)[:, -1].astype(np.float64))
+        loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+        out: dict[str, Any] = {"loss": float(np.average(loss, weights=w))}
+        out["auc"] = float(roc_auc_score(y, p, sample_weight=w)) if len(np.unique(y)) == 2 else None
+        return out
+    if task.kind == "multiclass":
+        p = _clip(scores.reshape(len(y), -1).astype(np.float64))
+        loss = -np.log(p[np.arange(len(y)), y.astype(np.int64)])
+        hit = (p.argmax(axis=1) == y).astype(np.float64)
+        return {"loss": float(np.average(loss, weights=w)), "accuracy": float(np.average(hit, weights=w))}
+    err = (scores.reshape(len(y)).astype(np.float64) - y) ** 2
+    return {"loss": float(np.average(err, weights=w)), "mse": float(np.average(err, weights=w))}

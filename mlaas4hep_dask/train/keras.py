@@ -1,0 +1,86 @@
+"""Keras (TensorFlow 2 / Keras 3) backend: fit chunk by chunk from the stream."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep_dask.config import Params
+from mlaas4hep_dask.stream import BatchLoader
+
+from ._common import Task
+
+__all__ = ["fit", "load", "predict", "save"]
+
+FILENAME = "model.keras"
+
+
+def _keras() -> Any:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from mlaas4hep_dask import io  # noqa: F401 - initialises XRootD before TensorFlow (see io.py)
+
+    try:
+        import keras
+    except ImportError as err:  # pragma: no cover
+        raise ModuleNotFoundError("Keras models need TensorFlow: pip install 'mlaas4hep-dask[ml]'") from err
+    return keras
+
+
+def _compile(model: Any, task: Task, params: Params) -> None:
+    if getattr(model, "compiled", False):
+        return
+    keras = _keras()
+    loss = {"binary": "binary_crossentropy", "multiclass": "sparse_categorical_crossentropy"}.get(
+        task.kind, "mse"
+    )
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate), loss=loss)
+
+
+def fit(
+    model: Any,
+    train: BatchLoader,
+    task: Task,
+    params: Params,
+    device: str,
+    on_epoch: Callable[[int, float], None],
+    on_batch: Callable[[int], None],
+) -> Any:
+    """Train ``params.epochs`` epochs; each epoch fits every shuffled chunk once."""
+    keras = _keras()
+    keras.utils.set_random_seed(params.seed)
+    _compile(model, task, params)
+    for epoch in range(1, params.epochs + 1):
+        total, seen = 0.0, 0
+        for chunk in train.iter_chunks():
+            history = model.fit(
+                chunk.X,
+                chunk.y,
+                sample_weight=chunk.w,
+                batch_size=params.batch_size,
+                epochs=1,
+                shuffle=False,
+                verbose=0,
+            )
+            total += float(history.history["loss"][-1]) * len(chunk)
+            seen += len(chunk)
+            on_batch(len(chunk))
+        on_epoch(epoch, total / max(seen, 1))
+    return model
+
+
+def predict(model: Any, X: np.ndarray, task: Task) -> np.ndarray:
+    out = np.asarray(model.predict(X, batch_size=8192, verbose=0))
+    return out if task.kind == "multiclass" else out.reshape(len(X))
+
+
+def save(model: Any, directory: Path, idim: int) -> str:
+    model.save(directory / FILENAME)
+    return FILENAME
+
+
+def load(path: Path) -> Any:
+    return _keras().saving.load_model(path)

@@ -1,0 +1,172 @@
+"""XGBoost backend: ``xgboost.dask`` on the loader's partitions; the data never gather.
+
+With a distributed client the training set is a ``DaskDMatrix`` over the tensorized
+partitions (row-partitioned dask arrays), trained where the partitions live.  Without one
+(threads, sync), a ``QuantileDMatrix`` is built from the stream chunk by chunk.  Boosting
+rounds are reported as epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlaas4hep_dask.config import Params
+from mlaas4hep_dask.stream import BatchLoader, _Distributed
+
+from ._common import Task
+
+__all__ = ["fit", "load", "predict", "save"]
+
+FILENAME = "model.ubj"
+
+
+def _xgb() -> Any:
+    try:
+        import xgboost
+    except ImportError as err:  # pragma: no cover
+        raise ModuleNotFoundError("XGBoost models need xgboost: pip install xgboost-cpu") from err
+    return xgboost
+
+
+def _params(model: Any, task: Task, params: Params, device: str) -> tuple[dict[str, Any], int]:
+    """Booster parameters and rounds from an XGBModel or a plain dict."""
+    if isinstance(model, dict):
+        booster = dict(model)
+        rounds = int(booster.pop("num_boost_round", booster.pop("n_estimators", 100)))
+    else:
+        booster = {k: v for k, v in model.get_xgb_params().items() if v is not None}
+        rounds = int(model.get_params().get("n_estimators") or 100)
+    objective = {"binary": "binary:logistic", "multiclass": "multi:softprob"}.get(
+        task.kind, "reg:squarederror"
+    )
+    booster.setdefault("objective", objective)
+    if task.kind == "multiclass":
+        booster.setdefault("num_class", task.n_classes)
+    booster.setdefault(
+        "eval_metric", {"binary": ["logloss", "auc"], "multiclass": ["mlogloss"]}.get(task.kind, ["rmse"])
+    )
+    booster.setdefault("seed", params.seed)
+    if device == "cuda":
+        booster["device"] = "cuda"
+    return booster, rounds
+
+
+def _part(block: tuple[Any, Any, Any], index: int) -> np.ndarray:
+    """One array of a tensorized partition; labels and weights as float32 for XGBoost."""
+    values = block[index]
+    return values if index == 0 else values.astype(np.float32, copy=False)
+
+
+def _dask_matrix(xgb: Any, loader: BatchLoader, client: Any) -> Any:
+    """A DaskDMatrix whose row blocks are the loader's tensorized partitions (never gathered)."""
+    import dask
+    import dask.array as da
+    import xgboost.dask  # noqa: F401 - registers xgb.dask
+
+    pick = dask.delayed(_part, pure=True)
+    xs, ys, ws = [], [], []
+    for p, n in enumerate(loader.counts):
+        if n == 0:
+            continue
+        task = loader._task(p)
+        xs.append(da.from_delayed(pick(task, 0), shape=(n, loader.idim), dtype=np.float32))
+        ys.append(da.from_delayed(pick(task, 1), shape=(n,), dtype=np.float32))
+        if loader.params.weight_branch:
+            ws.append(da.from_delayed(pick(task, 2), shape=(n,), dtype=np.float32))
+    weight = da.concatenate(ws) if ws else None
+    return xgb.dask.DaskDMatrix(client, da.concatenate(xs), da.concatenate(ys), weight=weight)
+
+
+class _Chunks:
+    """``xgboost.DataIter`` over a loader's chunks, for a streamed QuantileDMatrix."""
+
+    def __init__(self, loader: BatchLoader) -> None:
+        self.loader = loader
+        self.it: Iterator[Any] | None = None
+
+    def make(self, xgb: Any) -> Any:
+        outer = self
+
+        class It(xgb.DataIter):
+            def next(self, input_data: Callable[..., None]) -> bool:
+                if outer.it is None:
+                    outer.it = outer.loader.iter_chunks(shuffle=False)
+                chunk = next(outer.it, None)
+                if chunk is None:
+                    return False
+                input_data(data=chunk.X, label=chunk.y, weight=chunk.w)
+                return True
+
+            def reset(self) -> None:
+                outer.it = None
+
+        return It()
+
+
+def fit(
+    model: Any,
+    train: BatchLoader,
+    task: Task,
+    params: Params,
+    device: str,
+    on_epoch: Callable[..., None],
+    on_batch: Callable[[int], None],
+    valid: BatchLoader | None = None,
+) -> Any:
+    """Boost on the training split; validation metrics per round come from XGBoost itself."""
+    xgb = _xgb()
+    booster_params, rounds = _params(model, task, params, device)
+    history: dict[str, Any] = {}
+    executor = train._executor
+    if isinstance(executor, _Distributed):
+        import xgboost.dask
+
+        client = executor.client
+        dtrain = _dask_matrix(xgb, train, client)
+        evals = [(dtrain, "train")] + ([(_dask_matrix(xgb, valid, client), "validation")] if valid else [])
+        out = xgboost.dask.train(
+            client, booster_params, dtrain, num_boost_round=rounds, evals=evals, verbose_eval=False
+        )
+        booster, history = out["booster"], out["history"]
+    else:
+        dtrain = xgb.QuantileDMatrix(_Chunks(train).make(xgb))
+        evals = [(dtrain, "train")]
+        if valid is not None:
+            evals.append((xgb.QuantileDMatrix(_Chunks(valid).make(xgb), ref=dtrain), "validation"))
+        booster = xgb.train(
+            booster_params,
+            dtrain,
+            num_boost_round=rounds,
+            evals=evals,
+            evals_result=history,
+            verbose_eval=False,
+        )
+    on_batch(len(train) * rounds)
+    loss_name = booster_params["eval_metric"][0]
+    val = history.get("validation", {})
+    for i, value in enumerate(history["train"][loss_name]):
+        reported = {"loss": float(val[loss_name][i])} if val else {}
+        if "auc" in val:
+            reported["auc"] = float(val["auc"][i])
+        on_epoch(i + 1, float(value), reported)
+    return booster
+
+
+def predict(model: Any, X: np.ndarray, task: Task) -> np.ndarray:
+    out = np.asarray(model.inplace_predict(X))
+    return out if task.kind == "multiclass" else out.reshape(len(X))
+
+
+def save(model: Any, directory: Path, idim: int) -> str:
+    model.save_model(directory / FILENAME)
+    return FILENAME
+
+
+def load(path: Path) -> Any:
+    booster = _xgb().Booster()
+    booster.load_model(path)
+    return booster
