@@ -27,6 +27,25 @@ def ensure_data(folder: Path, events: int, files_per_class: int, seed: int = 11)
     return [Path(line) for line in (folder / "files.txt").read_text().split()]
 
 
+def branches_of(files: list[Path] | list[str]) -> list[str]:
+    """The branches the pipeline reads by default (what the baseline must read too)."""
+    from mlaas4hep_dask.io import open_dataset
+
+    return list(open_dataset([str(f) for f in files]).branches)
+
+
+def step_baseline(files: list[str], chunk_size: int, tree: str = "events") -> None:
+    """Plain ``uproot.iterate`` over the same branches in this process; prints one JSON line."""
+    import uproot
+
+    branches = branches_of(files)
+    start = time.perf_counter()
+    events = 0
+    for chunk in uproot.iterate(dict.fromkeys(files, tree), branches, step_size=chunk_size, library="ak"):
+        events += len(chunk)
+    print(json.dumps({"events": events, "seconds": time.perf_counter() - start}))
+
+
 def compressed_bytes(files: list[Path], tree: str, branches: list[str]) -> int:
     """Compressed size of the branches read (what crosses the disk or the network)."""
     import uproot

@@ -18,26 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ensure_data, run_measured
-
-TREE = "events"
-
-
-def _branches(files: list[str]) -> list[str]:
-    from mlaas4hep_dask.io import open_dataset
-
-    return list(open_dataset(files).branches)
-
-
-def step_baseline(files: list[str], chunk_size: int) -> None:
-    import uproot
-
-    branches = _branches(files)
-    start = time.perf_counter()
-    events = 0
-    for chunk in uproot.iterate(dict.fromkeys(files, TREE), branches, step_size=chunk_size, library="ak"):
-        events += len(chunk)
-    print(json.dumps({"events": events, "seconds": time.perf_counter() - start}))
+from _common import ensure_data, run_measured, step_baseline
 
 
 def step_loader(files: list[str], chunk_size: int, workers: int, specs_path: str) -> None:

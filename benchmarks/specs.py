@@ -16,26 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import compressed_bytes, ensure_data, run_measured
+from _common import branches_of, compressed_bytes, ensure_data, run_measured, step_baseline
 
 TREE = "events"
-
-
-def _branches(files: list[Path]) -> list[str]:
-    from mlaas4hep_dask.io import open_dataset
-
-    return list(open_dataset([str(f) for f in files]).branches)
-
-
-def step_baseline(files: list[str], chunk_size: int) -> None:
-    import uproot
-
-    branches = _branches([Path(f) for f in files])
-    start = time.perf_counter()
-    events = 0
-    for chunk in uproot.iterate(dict.fromkeys(files, TREE), branches, step_size=chunk_size, library="ak"):
-        events += len(chunk)
-    print(json.dumps({"events": events, "seconds": time.perf_counter() - start}))
 
 
 def step_specs(files: list[str], chunk_size: int, workers: int, preproc: str | None) -> None:
@@ -84,7 +67,7 @@ def main() -> None:
     for scale in args.scales:
         files = ensure_data(args.out / f"data-{scale}x", args.events * scale, args.files_per_class)
         names = [str(f) for f in files]
-        mbytes = compressed_bytes(files, TREE, _branches(files)) / 1e6
+        mbytes = compressed_bytes(files, TREE, branches_of(files)) / 1e6
         base = run_measured([me, "--step", "baseline", *names, str(args.chunk_size)])
         base_rate = base["events"] / base["seconds"]
         rows.append(("uproot.iterate (1 process)", scale, base, base_rate, mbytes, 1.0))

@@ -24,7 +24,7 @@ from mlaas4hep_dask.preprocess import Preproc, load_preproc
 from mlaas4hep_dask.specs import Specs, compute_specs
 from mlaas4hep_dask.stream import BatchLoader
 
-from ._common import Task, collect, metrics, task_of
+from ._common import Fitting, Task, collect, metrics, task_of
 from ._model_file import ModelFileError, build_model, detect_framework, load_model_file
 
 __all__ = [
@@ -211,8 +211,8 @@ def train(
             net = module.fit(net, train_loader, loaders["validation"], p)
             on_epoch(p.epochs, float("nan"))
         else:
-            extra = {"valid": loaders["validation"]} if framework == "xgboost" else {}
-            net = be.fit(net, train_loader, task, p, dev, on_epoch, bar.advance, **extra)
+            how = Fitting(task, p, dev, on_epoch, bar.advance, valid=loaders["validation"])
+            net = be.fit(net, train_loader, how)
     finally:
         bar.close()
     seconds = time.perf_counter() - start

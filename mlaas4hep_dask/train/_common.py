@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from mlaas4hep_dask.config import Params
 from mlaas4hep_dask.stream import BatchLoader
 from mlaas4hep_dask.tensorize import Block
 
-__all__ = ["Task", "collect", "metrics", "task_of"]
+__all__ = ["Fitting", "Task", "collect", "metrics", "optional_import", "task_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +27,30 @@ class Task:
     def metric(self) -> str:
         """The headline validation metric."""
         return {"binary": "auc", "multiclass": "accuracy", "regression": "mse"}[self.kind]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitting:
+    """How a backend trains: the task, params, device, and the callbacks it reports to.
+
+    ``on_epoch(epoch, train_loss, reported=None)`` after each epoch (``reported``: validation
+    metrics the framework computed itself); ``on_batch(n)`` after ``n`` events.
+    """
+
+    task: Task
+    params: Params
+    device: str
+    on_epoch: Callable[..., None]
+    on_batch: Callable[[int], None]
+    valid: BatchLoader | None = None
+
+
+def optional_import(name: str, install: str) -> Any:
+    """Import a framework that only some models need, or say how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:  # pragma: no cover - the ml extra installs all of them
+        raise ModuleNotFoundError(f"{name} is needed for this model: {install}") from err
 
 
 def task_of(labels: list[float] | None, label_dtype: str | None) -> Task:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 from mlaas4hep_dask.config import Params
 from mlaas4hep_dask.stream import BatchLoader
 
-from ._common import Task
+from ._common import Fitting, Task, optional_import
 
 __all__ = ["fit", "load", "predict", "save"]
 
@@ -23,11 +22,7 @@ def _keras() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from mlaas4hep_dask import io  # noqa: F401 - initialises XRootD before TensorFlow (see io.py)
 
-    try:
-        import keras
-    except ImportError as err:  # pragma: no cover
-        raise ModuleNotFoundError("Keras models need TensorFlow: pip install 'mlaas4hep-dask[ml]'") from err
-    return keras
+    return optional_import("keras", "pip install 'mlaas4hep-dask[ml]' (TensorFlow and Keras)")
 
 
 def _compile(model: Any, task: Task, params: Params) -> None:
@@ -40,19 +35,11 @@ def _compile(model: Any, task: Task, params: Params) -> None:
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate), loss=loss)
 
 
-def fit(
-    model: Any,
-    train: BatchLoader,
-    task: Task,
-    params: Params,
-    device: str,
-    on_epoch: Callable[[int, float], None],
-    on_batch: Callable[[int], None],
-) -> Any:
+def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
     """Train ``params.epochs`` epochs; each epoch fits every shuffled chunk once."""
-    keras = _keras()
-    keras.utils.set_random_seed(params.seed)
-    _compile(model, task, params)
+    params = how.params
+    _keras().utils.set_random_seed(params.seed)
+    _compile(model, how.task, params)
     for epoch in range(1, params.epochs + 1):
         total, seen = 0.0, 0
         for chunk in train.iter_chunks():
@@ -67,8 +54,8 @@ def fit(
             )
             total += float(history.history["loss"][-1]) * len(chunk)
             seen += len(chunk)
-            on_batch(len(chunk))
-        on_epoch(epoch, total / max(seen, 1))
+            how.on_batch(len(chunk))
+        how.on_epoch(epoch, total / max(seen, 1))
     return model
 
 

@@ -5,34 +5,25 @@ Models are saved with skops (a safe, inspectable format), never with plain pickl
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlaas4hep_dask.config import Params
 from mlaas4hep_dask.errors import ConfigError
 from mlaas4hep_dask.stream import BatchLoader
 from mlaas4hep_dask.tensorize import Block
 
-from ._common import Task
+from ._common import Fitting, Task
 
 __all__ = ["fit", "load", "predict", "save"]
 
 FILENAME = "model.skops"
 
 
-def fit(
-    model: Any,
-    train: BatchLoader,
-    task: Task,
-    params: Params,
-    device: str,
-    on_epoch: Callable[..., None],
-    on_batch: Callable[[int], None],
-) -> Any:
+def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
     """Stream with ``partial_fit`` when the estimator has it; else one ``fit`` (bounded size)."""
+    task, params = how.task, how.params
     classes = np.arange(task.n_classes) if task.kind != "regression" else None
     if hasattr(model, "partial_fit"):
         for epoch in range(1, params.epochs + 1):
@@ -41,8 +32,8 @@ def fit(
                 if chunk.w is not None:
                     kwargs["sample_weight"] = chunk.w
                 model.partial_fit(chunk.X, chunk.y, **kwargs)
-                on_batch(len(chunk))
-            on_epoch(epoch, float("nan"))
+                how.on_batch(len(chunk))
+            how.on_epoch(epoch, float("nan"))
         return model
     if len(train) > params.max_fit_events:
         raise ConfigError(
@@ -52,8 +43,8 @@ def fit(
         )
     data = Block.concatenate(list(train.iter_chunks()))
     model.fit(data.X, data.y, **({"sample_weight": data.w} if data.w is not None else {}))
-    on_batch(len(data))
-    on_epoch(1, float("nan"))
+    how.on_batch(len(data))
+    how.on_epoch(1, float("nan"))
     return model
 
 

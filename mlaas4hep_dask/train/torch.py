@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from mlaas4hep_dask.config import Params
 from mlaas4hep_dask.stream import BatchLoader
 
-from ._common import Task
+from ._common import Fitting, Task, optional_import
 
 __all__ = ["fit", "load", "pick_device", "predict", "save"]
 
@@ -19,11 +18,7 @@ FILENAME = "model.pt2"
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as err:  # pragma: no cover
-        raise ModuleNotFoundError("PyTorch models need torch: pip install torch==2.13.0") from err
-    return torch
+    return optional_import("torch", "pip install torch==2.13.0")
 
 
 def pick_device(device: str) -> str:
@@ -55,17 +50,10 @@ def _loss(model: Any, task: Task) -> Callable[[Any, Any], Any]:
     return nn.MSELoss(reduction="none")
 
 
-def fit(
-    model: Any,
-    train: BatchLoader,
-    task: Task,
-    params: Params,
-    device: str,
-    on_epoch: Callable[[int, float], None],
-    on_batch: Callable[[int], None],
-) -> Any:
+def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
     """Adam at ``learning_rate``; bf16 autocast on CUDA (no loss scaling needed)."""
     torch = _torch()
+    task, params, device = how.task, how.params, how.device
     torch.manual_seed(params.seed)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
@@ -90,8 +78,8 @@ def fit(
             optimizer.step()
             total += float(loss.detach()) * len(y)
             seen += len(y)
-            on_batch(len(y))
-        on_epoch(epoch, total / max(seen, 1))
+            how.on_batch(len(y))
+        how.on_epoch(epoch, total / max(seen, 1))
     return model
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from mlaas4hep_dask.config import Params
 from mlaas4hep_dask.stream import BatchLoader, _Distributed
 
-from ._common import Task
+from ._common import Fitting, Task, optional_import
 
 __all__ = ["fit", "load", "predict", "save"]
 
@@ -25,11 +25,7 @@ FILENAME = "model.ubj"
 
 
 def _xgb() -> Any:
-    try:
-        import xgboost
-    except ImportError as err:  # pragma: no cover
-        raise ModuleNotFoundError("XGBoost models need xgboost: pip install xgboost-cpu") from err
-    return xgboost
+    return optional_import("xgboost", "pip install xgboost-cpu")
 
 
 def _params(model: Any, task: Task, params: Params, device: str) -> tuple[dict[str, Any], int]:
@@ -107,19 +103,11 @@ class _Chunks:
         return It()
 
 
-def fit(
-    model: Any,
-    train: BatchLoader,
-    task: Task,
-    params: Params,
-    device: str,
-    on_epoch: Callable[..., None],
-    on_batch: Callable[[int], None],
-    valid: BatchLoader | None = None,
-) -> Any:
+def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
     """Boost on the training split; validation metrics per round come from XGBoost itself."""
     xgb = _xgb()
-    booster_params, rounds = _params(model, task, params, device)
+    valid = how.valid
+    booster_params, rounds = _params(model, how.task, how.params, how.device)
     history: dict[str, Any] = {}
     executor = train._executor
     if isinstance(executor, _Distributed):
@@ -145,14 +133,14 @@ def fit(
             evals_result=history,
             verbose_eval=False,
         )
-    on_batch(len(train) * rounds)
+    how.on_batch(len(train) * rounds)
     loss_name = booster_params["eval_metric"][0]
     val = history.get("validation", {})
     for i, value in enumerate(history["train"][loss_name]):
         reported = {"loss": float(val[loss_name][i])} if val else {}
         if "auc" in val:
             reported["auc"] = float(val["auc"][i])
-        on_epoch(i + 1, float(value), reported)
+        how.on_epoch(i + 1, float(value), reported)
     return booster
 
 
