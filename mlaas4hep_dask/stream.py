@@ -399,6 +399,62 @@ class BatchLoader:
         if carry is not None and len(carry):
             yield self._batch(carry)
 
+    def torch(self, device: str | None = None) -> Iterator[tuple[Any, ...]]:
+        """One epoch of batches as ``torch.Tensor`` (sharing memory with NumPy; moved to ``device``).
+
+        Examples
+        --------
+        >>> for X, y in loader.torch("cuda"):  # doctest: +SKIP
+        ...     loss = loss_fn(net(X), y)
+        """
+        import torch
+
+        for batch in self:
+            tensors = tuple(None if a is None else torch.from_numpy(a) for a in batch)
+            if device is not None:
+                tensors = tuple(None if t is None else t.to(device, non_blocking=True) for t in tensors)
+            yield tensors
+
+    def tf_dataset(self) -> Any:
+        """The stream as a ``tf.data.Dataset`` of ``(X, y[, w])`` batches (one epoch per iteration)."""
+        import tensorflow as tf
+
+        target = self._tensorize.target_dtype
+        if target is None:
+            raise ConfigError("a tf.data.Dataset of (X, y) needs targets: give labels or 'label_branch'")
+        signature: list[Any] = [tf.TensorSpec((None, self.idim), tf.float32), tf.TensorSpec((None,), target)]
+        if self.params.weight_branch:
+            signature.append(tf.TensorSpec((None,), tf.float32))
+        return tf.data.Dataset.from_generator(lambda: iter(self), output_signature=tuple(signature))
+
+    def dmatrix(self, ref: Any = None) -> Any:
+        """An ``xgboost.QuantileDMatrix`` built chunk by chunk from the stream (never all at once).
+
+        Chunks come unshuffled, so XGBoost's two passes over the data see the same rows.
+        """
+        import xgboost
+
+        loader = self
+
+        class _Chunks(xgboost.DataIter):
+            def __init__(self) -> None:
+                super().__init__()
+                self.it: Iterator[Block] | None = None
+
+            def next(self, input_data: Any) -> bool:
+                if self.it is None:
+                    self.it = loader.iter_chunks(shuffle=False)
+                chunk = next(self.it, None)
+                if chunk is None:
+                    return False
+                input_data(data=chunk.X, label=chunk.y, weight=chunk.w)
+                return True
+
+            def reset(self) -> None:
+                self.it = None
+
+        return xgboost.QuantileDMatrix(_Chunks(), ref=ref)
+
     def _batch(self, block: Block) -> tuple[np.ndarray, ...]:
         if block.w is not None:
             return block.X, block.y, block.w  # type: ignore[return-value]

@@ -288,6 +288,11 @@ class Tensorize:
         self.label_branch, self.weight_branch = params.label_branch, params.weight_branch
         self.labels = None if labels is None else np.asarray(labels)
         self.count_only = count_only
+        self.target_dtype: np.dtype | None = None
+        if self.label_branch is not None:
+            self.target_dtype = _target_dtype_of(np.dtype(plan.extras[self.label_branch].dtype))
+        elif self.labels is not None:
+            self.target_dtype = np.dtype(_target_dtype(self.labels))
 
     def __call__(self, partition: ak.Array, file_index: int, start: int) -> tuple[Any, Any, Any] | int:
         if self.count_only and not self.layout.drop_nonfinite:
@@ -322,7 +327,10 @@ def _target_dtype(values: np.ndarray) -> type:
     return np.int64 if np.all(np.mod(values, 1) == 0) else np.float32
 
 
+def _target_dtype_of(dtype: np.dtype) -> np.dtype:
+    """Integer and bool label branches give int64 classes, the rest float32 targets."""
+    return np.dtype(np.int64) if dtype.kind in "biu" else np.dtype(np.float32)
+
+
 def _as_target(values: np.ndarray) -> np.ndarray:
-    if values.dtype.kind in "biu":
-        return values.astype(np.int64)
-    return values.astype(np.float32)
+    return values.astype(_target_dtype_of(values.dtype))

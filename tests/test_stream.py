@@ -158,3 +158,32 @@ def test_memory_does_not_grow_with_the_data(tmp_path: Path) -> None:
         tracemalloc.stop()
         assert n == 12000 * scale
     assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+def test_framework_views_of_the_stream(three: list[Path]) -> None:
+    torch = pytest.importorskip("torch")
+    loader = _loader(three, "validation", client="sync", shuffle=False)
+    numpy_batches = list(loader)
+    torch_batches = list(loader.torch())
+    assert len(torch_batches) == len(numpy_batches)
+    X, y, w = torch_batches[0]
+    assert isinstance(X, torch.Tensor)
+    assert w.dtype == torch.float32
+    assert X.dtype == torch.float32
+    assert y.dtype == torch.int64
+    assert torch.equal(X, torch.from_numpy(numpy_batches[0][0]))
+
+    dataset = loader.tf_dataset()
+    tf_batches = list(dataset.as_numpy_iterator())
+    assert len(tf_batches) == len(numpy_batches)
+    np.testing.assert_array_equal(tf_batches[-1][0], numpy_batches[-1][0])
+    assert tf_batches[0][1].dtype == np.int64
+
+    dmatrix = loader.dmatrix()
+    assert (dmatrix.num_row(), dmatrix.num_col()) == (len(loader), loader.idim)
+    assert sorted(dmatrix.get_label().tolist()) == sorted(
+        np.concatenate([b[1] for b in numpy_batches]).tolist()
+    )
+    assert np.array_equal(
+        np.sort(dmatrix.get_weight()), np.sort(np.concatenate([b[2] for b in numpy_batches]))
+    )

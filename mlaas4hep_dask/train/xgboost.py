@@ -8,7 +8,6 @@ rounds are reported as epochs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,32 +76,6 @@ def _dask_matrix(xgb: Any, loader: BatchLoader, client: Any) -> Any:
     return xgb.dask.DaskDMatrix(client, da.concatenate(xs), da.concatenate(ys), weight=weight)
 
 
-class _Chunks:
-    """``xgboost.DataIter`` over a loader's chunks, for a streamed QuantileDMatrix."""
-
-    def __init__(self, loader: BatchLoader) -> None:
-        self.loader = loader
-        self.it: Iterator[Any] | None = None
-
-    def make(self, xgb: Any) -> Any:
-        outer = self
-
-        class It(xgb.DataIter):
-            def next(self, input_data: Callable[..., None]) -> bool:
-                if outer.it is None:
-                    outer.it = outer.loader.iter_chunks(shuffle=False)
-                chunk = next(outer.it, None)
-                if chunk is None:
-                    return False
-                input_data(data=chunk.X, label=chunk.y, weight=chunk.w)
-                return True
-
-            def reset(self) -> None:
-                outer.it = None
-
-        return It()
-
-
 def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
     """Boost on the training split; validation metrics per round come from XGBoost itself."""
     xgb = _xgb()
@@ -121,10 +94,10 @@ def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
         )
         booster, history = out["booster"], out["history"]
     else:
-        dtrain = xgb.QuantileDMatrix(_Chunks(train).make(xgb))
+        dtrain = train.dmatrix()
         evals = [(dtrain, "train")]
         if valid is not None:
-            evals.append((xgb.QuantileDMatrix(_Chunks(valid).make(xgb), ref=dtrain), "validation"))
+            evals.append((valid.dmatrix(ref=dtrain), "validation"))
         booster = xgb.train(
             booster_params,
             dtrain,
