@@ -19,7 +19,6 @@ How an epoch is put together:
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import math
 import warnings
@@ -30,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .cluster import compute, local_cluster
+from ._executors import Distributed, executor
+from .cluster import compute
 from .config import Params, load_labels, load_params
 from .errors import ConfigError, SpecsError
 from .io import Dataset, open_dataset
@@ -85,80 +85,6 @@ def plan_chunks(counts: Sequence[int], files: Sequence[int], chunk_size: int) ->
                 if a < b:
                     chunks[k].append(Piece(p, int(a - starts[i]), int(b - starts[i])))
     return chunks
-
-
-class _Inline:
-    """Compute partitions when their result is asked for (``"sync"``: for debugging)."""
-
-    def submit(self, task: Any) -> Any:
-        return task
-
-    def result(self, handle: Any) -> Any:
-        return compute([handle], "sync")[0]
-
-    def close(self) -> None:
-        pass
-
-
-class _Threads:
-    """A pool of threads, each computing one partition with the synchronous scheduler."""
-
-    def __init__(self) -> None:
-        import os
-
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
-
-    def submit(self, task: Any) -> Any:
-        return self.pool.submit(compute, [task], "sync")
-
-    def result(self, handle: Any) -> Any:
-        return handle.result()[0]
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _Distributed:
-    """Futures on a ``distributed`` cluster; the data stay on the workers until fetched."""
-
-    def __init__(self, client: Any, owned: Any = None) -> None:
-        self.client = client
-        self.owned = owned
-
-    def submit(self, task: Any) -> Any:
-        return self.client.compute(task)
-
-    def result(self, handle: Any) -> Any:
-        return handle.result()
-
-    def close(self) -> None:
-        if self.owned is not None:
-            self.client.close()
-            self.owned.close()
-
-
-def _executor(client: Any) -> Any:
-    if client is None:
-        try:
-            from distributed import default_client
-
-            return _Distributed(default_client())
-        except (ImportError, ValueError):
-            return _Threads()
-    if client == "threads":
-        return _Threads()
-    if client in ("sync", "synchronous", "single-threaded"):
-        return _Inline()
-    if client == "processes":
-        from distributed import Client
-
-        cluster = local_cluster()
-        return _Distributed(Client(cluster, set_as_default=False), owned=cluster)
-    if isinstance(client, str):
-        raise ConfigError(
-            f"unknown scheduler {client!r} for the loader: use a Client, threads, processes or sync"
-        )
-    return _Distributed(client)
 
 
 _MIN_STEP = 20_000
@@ -267,7 +193,7 @@ class BatchLoader:
         self.layout = Layout.from_specs(self.specs, self.params)
         self.split = split
         self._tensorize = Tensorize(self.plan, self.layout, self.params, split, self.labels)
-        self._executor = _executor(client)
+        self._executor = executor(client)
         self._finalizer = weakref.finalize(self, self._executor.close)
         self._counts: list[int] | None = None
         self._tasks: list[Any] | None = None
@@ -318,7 +244,7 @@ class BatchLoader:
         tasks = [
             counter(part, f, a) for part, (f, a, _) in zip(self._partitions(columns), parts, strict=True)
         ]
-        target = self._executor.client if isinstance(self._executor, _Distributed) else "threads"
+        target = self._executor.client if isinstance(self._executor, Distributed) else "threads"
         return [int(n) for n in compute(tasks, target)]
 
     def _partitions(self, columns: Sequence[str]) -> list[Any]:

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from mlaas4hep_dask._executors import Distributed
 from mlaas4hep_dask.config import Params
-from mlaas4hep_dask.stream import BatchLoader, _Distributed
+from mlaas4hep_dask.stream import BatchLoader
 
 from ._common import Fitting, Task, optional_import
 
@@ -83,7 +84,7 @@ def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
     booster_params, rounds = _params(model, how.task, how.params, how.device)
     history: dict[str, Any] = {}
     executor = train._executor
-    if isinstance(executor, _Distributed):
+    if isinstance(executor, Distributed):
         import xgboost.dask
 
         client = executor.client

@@ -1,0 +1,89 @@
+"""Where the loader's partitions are computed: a distributed cluster, a thread pool, or inline.
+
+Each executor has ``submit(task) -> handle``, ``result(handle)`` and ``close()``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any
+
+from .cluster import compute, local_cluster
+from .errors import ConfigError
+
+__all__ = ["Distributed", "executor"]
+
+
+class _Inline:
+    """Compute partitions when their result is asked for (``"sync"``: for debugging)."""
+
+    def submit(self, task: Any) -> Any:
+        return task
+
+    def result(self, handle: Any) -> Any:
+        return compute([handle], "sync")[0]
+
+    def close(self) -> None:
+        pass
+
+
+class _Threads:
+    """A pool of threads, each computing one partition with the synchronous scheduler."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+
+    def submit(self, task: Any) -> Any:
+        return self.pool.submit(compute, [task], "sync")
+
+    def result(self, handle: Any) -> Any:
+        return handle.result()[0]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Distributed:
+    """Futures on a ``distributed`` cluster; the data stay on the workers until fetched."""
+
+    def __init__(self, client: Any, owned: Any = None) -> None:
+        self.client = client
+        self.owned = owned
+
+    def submit(self, task: Any) -> Any:
+        return self.client.compute(task)
+
+    def result(self, handle: Any) -> Any:
+        return handle.result()
+
+    def close(self) -> None:
+        if self.owned is not None:
+            self.client.close()
+            self.owned.close()
+
+
+def executor(client: Any) -> Any:
+    """The executor for ``client``: a Client, ``"threads"``, ``"processes"``, ``"sync"`` or ``None``."""
+    if client is None:
+        try:
+            from distributed import default_client
+
+            return Distributed(default_client())
+        except (ImportError, ValueError):
+            return _Threads()
+    if client == "threads":
+        return _Threads()
+    if client in ("sync", "synchronous", "single-threaded"):
+        return _Inline()
+    if client == "processes":
+        from distributed import Client
+
+        cluster = local_cluster()
+        return Distributed(Client(cluster, set_as_default=False), owned=cluster)
+    if isinstance(client, str):
+        raise ConfigError(
+            f"unknown scheduler {client!r} for the loader: use a Client, threads, processes or sync"
+        )
+    return Distributed(client)
