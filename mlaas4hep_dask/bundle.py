@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from ._branches import Branch
 from .config import Params, load_params
 from .errors import SpecsError
-from .preprocess import Preproc, load_preproc
+from .preprocess import Plan, Preproc, load_preproc, make_plan
 from .specs import Specs
 from .tensorize import Layout
 
@@ -64,6 +65,14 @@ def write_bundle(
         "task": dataclasses.asdict(task),
         "features": loader.features,
         "idim": loader.idim,
+        # raw branches read from the files, and which of them are selected features: enough to
+        # rebuild the preprocessing plan for raw events at serving time
+        "inputs": {
+            n: {"kind": b.kind, "dtype": b.dtype}
+            for n, b in loader.dataset.available.items()
+            if n in loader.plan.columns
+        },
+        "selected": list(loader.dataset.branches),
         "normalization": {
             "method": params.normalize,
             "max_jagged": params.max_jagged,
@@ -99,6 +108,7 @@ class Bundle:
     preproc: Preproc | None
     layout: Layout
     model: Any
+    plan: Plan
 
     @property
     def framework(self) -> str:
@@ -131,5 +141,7 @@ def load_bundle(path: str | Path) -> Bundle:
     layout = Layout.from_specs(specs, params)
     if layout.features != manifest["features"]:
         raise SpecsError(f"{str(path)!r}: bundle.json features do not match its specs and params")
+    inputs = {n: Branch(n, b["kind"], b["dtype"]) for n, b in manifest["inputs"].items()}
+    plan = make_plan(preproc, inputs, {n: inputs[n] for n in manifest["selected"]})
     model = backend(manifest["framework"]).load(path / manifest["model"])
-    return Bundle(path, manifest, specs, params, preproc, layout, model)
+    return Bundle(path, manifest, specs, params, preproc, layout, model, plan)

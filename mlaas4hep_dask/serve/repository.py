@@ -1,0 +1,235 @@
+"""A model repository: run bundles by name and version on disk, indexed in SQLite.
+
+Uploads are tarballs of a run directory.  They are unpacked into a private staging folder
+(refusing absolute paths, ``..``, links and special files, and bounded in size), checked by
+loading the bundle, and only then moved into ``ROOT/NAME/VERSION`` and recorded, so a failed
+upload leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import re
+import shutil
+import sqlite3
+import tarfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from mlaas4hep_dask.bundle import Bundle, load_bundle
+from mlaas4hep_dask.errors import MLaaSError, SchemaError
+
+__all__ = [
+    "BundleError",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "Repository",
+    "check_name",
+    "manifest_of",
+    "pack",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_UNPACKED = 2 * 2**30
+
+
+class ModelNotFoundError(SchemaError):
+    """No model (or no such version) in the repository."""
+
+
+class BundleError(MLaaSError, ValueError):
+    """An upload that is not a usable run bundle."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """One stored model version."""
+
+    name: str
+    version: int
+    framework: str
+    idim: int
+    task: str
+    created: str
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_name(name: str) -> str:
+    """A model name: letters, digits, ``_ . -``, at most 64 characters, no path."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise BundleError(f"model name {name!r} is not allowed: use letters, digits, '_', '.', '-' (max 64)")
+    return name
+
+
+def _safe_extract(archive: tarfile.TarFile, target: Path) -> None:
+    """Extract, refusing anything that could write outside ``target`` or is not a plain file."""
+    total = 0
+    for member in archive.getmembers():
+        name = member.name
+        parts = Path(name).parts
+        if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+            raise BundleError(f"upload refused: path {name!r} leaves the bundle")
+        if not (member.isfile() or member.isdir()):
+            raise BundleError(f"upload refused: {name!r} is a link or special file")
+        total += member.size
+        if total > MAX_UNPACKED:
+            raise BundleError(f"upload refused: more than {MAX_UNPACKED} bytes unpacked")
+    archive.extractall(target, filter="data")
+
+
+def _bundle_root(folder: Path) -> Path:
+    if (folder / "bundle.json").is_file():
+        return folder
+    inner = [p for p in folder.iterdir() if p.is_dir()]
+    if len(inner) == 1 and (inner[0] / "bundle.json").is_file():
+        return inner[0]
+    raise BundleError("upload refused: no bundle.json at the top of the tarball (or in its one folder)")
+
+
+class Repository:
+    """Run bundles under ``root``, one folder per name and version, indexed in ``index.sqlite``.
+
+    Examples
+    --------
+    >>> repo = Repository("models")  # doctest: +SKIP
+    >>> repo.add("tth", open("run.tar.gz", "rb"))  # doctest: +SKIP
+    ModelInfo(name='tth', version=1, framework='torch', ...)
+    >>> repo.load("tth").predict_features(X)  # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | Path, cache_size: int = 8) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._cache: dict[tuple[str, int], Bundle] = {}
+        self._cache_size = cache_size
+        with self._db() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS models (name TEXT NOT NULL, version INTEGER NOT NULL, "
+                "framework TEXT, idim INTEGER, task TEXT, created TEXT, path TEXT, "
+                "PRIMARY KEY (name, version))"
+            )
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.root / "index.sqlite", timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def add(self, name: str, tarball: bytes | IO[bytes] | Path, version: int | None = None) -> ModelInfo:
+        """Store a bundle tarball as ``name`` (next version unless ``version`` is given)."""
+        check_name(name)
+        if version is not None and (not isinstance(version, int) or version < 1):
+            raise BundleError(f"version must be a positive integer, not {version!r}")
+        staging = self.root / ".incoming" / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        try:
+            try:
+                data = tarball.read_bytes() if isinstance(tarball, Path) else tarball
+                source = io.BytesIO(data) if isinstance(data, bytes) else data
+                with tarfile.open(fileobj=source, mode="r:*") as tar:
+                    _safe_extract(tar, staging)
+            except (tarfile.TarError, EOFError, OSError) as err:
+                raise BundleError(f"upload refused: not a readable tarball ({err})") from None
+            root = _bundle_root(staging)
+            try:
+                bundle = load_bundle(root)
+            except Exception as err:
+                raise BundleError(f"upload refused: the bundle does not load: {err}") from None
+            with self._lock:
+                version = version or self._next_version(name)
+                target = self.root / name / str(version)
+                if target.exists():
+                    raise BundleError(f"model {name!r} version {version} exists already")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                root.rename(target)
+                info = ModelInfo(
+                    name=name,
+                    version=version,
+                    framework=bundle.framework,
+                    idim=bundle.layout.idim,
+                    task=bundle.manifest["task"]["kind"],
+                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    path=str(target),
+                )
+                with self._db() as db:
+                    db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(info))
+            return info
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _next_version(self, name: str) -> int:
+        with self._db() as db:
+            (latest,) = db.execute("SELECT MAX(version) FROM models WHERE name = ?", (name,)).fetchone()
+        return int(latest or 0) + 1
+
+    def models(self) -> list[ModelInfo]:
+        """Every stored version, by name then version."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM models ORDER BY name, version").fetchall()
+        return [ModelInfo(*row) for row in rows]
+
+    def get(self, name: str, version: int | None = None) -> ModelInfo:
+        """One version (the latest when ``version`` is ``None``)."""
+        query = "SELECT * FROM models WHERE name = ?" + (" AND version = ?" if version else "")
+        with self._db() as db:
+            rows = db.execute(
+                query + " ORDER BY version DESC LIMIT 1", (name, version) if version else (name,)
+            ).fetchall()
+        if not rows:
+            what = f"model {name!r}" + (f" version {version}" if version else "")
+            raise ModelNotFoundError(f"{what} is not in the repository")
+        return ModelInfo(*rows[0])
+
+    def delete(self, name: str, version: int | None = None) -> list[ModelInfo]:
+        """Remove one version, or every version of ``name``; return what was removed."""
+        with self._lock:
+            gone = [self.get(name, version)] if version else [m for m in self.models() if m.name == name]
+            if not gone:
+                raise ModelNotFoundError(f"model {name!r} is not in the repository")
+            with self._db() as db:
+                for info in gone:
+                    db.execute("DELETE FROM models WHERE name = ? AND version = ?", (info.name, info.version))
+            for info in gone:
+                self._cache.pop((info.name, info.version), None)
+                shutil.rmtree(info.path, ignore_errors=True)
+        return gone
+
+    def load(self, name: str, version: int | None = None) -> tuple[ModelInfo, Bundle]:
+        """The stored bundle, loaded once and kept in a small cache."""
+        info = self.get(name, version)
+        key = (info.name, info.version)
+        with self._lock:
+            if key not in self._cache:
+                if len(self._cache) >= self._cache_size:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[key] = load_bundle(info.path)
+            return info, self._cache[key]
+
+
+def pack(run_dir: str | Path) -> bytes:
+    """A run directory as a gzipped tarball (what ``POST /upload`` and ``mlaas4hep push`` send)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(Path(run_dir).rglob("*")):
+            if path.is_file():
+                tar.add(path, arcname=str(path.relative_to(run_dir)))
+    return buffer.getvalue()
+
+
+def manifest_of(info: ModelInfo) -> dict[str, Any]:
+    """``bundle.json`` of a stored version."""
+    return dict(json.loads((Path(info.path) / "bundle.json").read_text()))
