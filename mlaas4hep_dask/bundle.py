@@ -109,6 +109,7 @@ class Bundle:
     layout: Layout
     model: Any
     plan: Plan
+    inputs: dict[str, Branch]
 
     @property
     def framework(self) -> str:
@@ -144,4 +145,4 @@ def load_bundle(path: str | Path) -> Bundle:
     inputs = {n: Branch(n, b["kind"], b["dtype"]) for n, b in manifest["inputs"].items()}
     plan = make_plan(preproc, inputs, {n: inputs[n] for n in manifest["selected"]})
     model = backend(manifest["framework"]).load(path / manifest["model"])
-    return Bundle(path, manifest, specs, params, preproc, layout, model, plan)
+    return Bundle(path, manifest, specs, params, preproc, layout, model, plan, inputs)

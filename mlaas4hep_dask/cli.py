@@ -136,6 +136,44 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .serve import Repository
+    from .serve.app import create_app
+
+    app = create_app(Repository(args.repo))
+    print(f"serving the models in {args.repo} on http://{args.host}:{args.port} (OpenAPI page: /docs)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    import httpx
+
+    from .errors import InputError
+    from .serve import pack
+
+    run = Path(args.run_dir)
+    if not (run / "bundle.json").is_file():
+        raise InputError(f"{args.run_dir!r} is not a run directory (no bundle.json)")
+    data = {"name": args.name or run.name} | ({"version": str(args.version)} if args.version else {})
+    try:
+        response = httpx.post(
+            f"{args.server.rstrip('/')}/upload",
+            files={"file": ("run.tar.gz", pack(run))},
+            data=data,
+            timeout=300,
+        )
+    except httpx.HTTPError as err:
+        raise InputError(f"cannot reach the inference server {args.server!r}: {err}") from None
+    if response.status_code != 201:
+        raise InputError(f"the server refused the upload ({response.status_code}): {response.text}")
+    info = response.json()
+    print(f"uploaded {run} as {info['name']} version {info['version']} ({info['framework']})")
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
@@ -203,6 +241,19 @@ def _parser() -> argparse.ArgumentParser:
     par.add_argument("file", nargs="?", help="params.json (default: all defaults)")
     par.add_argument("--schema", action="store_true", help="print the JSON schema instead")
     par.set_defaults(run=_cmd_params)
+
+    srv = sub.add_parser("serve", help="serve the models of a repository over HTTP (FastAPI)")
+    srv.add_argument("--repo", required=True, help="model repository folder")
+    srv.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    srv.add_argument("--port", type=int, default=8083, help="default: %(default)s (as TFaaS)")
+    srv.set_defaults(run=_cmd_serve)
+
+    push = sub.add_parser("push", help="upload a run directory to an inference server")
+    push.add_argument("run_dir", help="run directory written by mlaas4hep train")
+    push.add_argument("--server", required=True, help="base URL, e.g. http://127.0.0.1:8083")
+    push.add_argument("--name", help="model name (default: the run directory's name)")
+    push.add_argument("--version", type=int, help="version (default: the next one)")
+    push.set_defaults(run=_cmd_push)
 
     gen = sub.add_parser("generate", help="write sample ttH vs ttbar ROOT files")
     gen.add_argument("--out", required=True, help="output directory")

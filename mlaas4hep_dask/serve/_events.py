@@ -1,0 +1,94 @@
+"""Raw events (JSON objects) to the rows a bundle's model was trained on.
+
+Each event must give exactly the raw branches the bundle reads (features and branches its
+cuts use): a number for a flat branch, a list of numbers for a jagged one.  They go through
+the bundle's own preprocessing, padding and normalization.  Events that fail the bundle's
+cuts get no score (``None``), so the answer keeps the order and length of the request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from mlaas4hep_dask.bundle import Bundle
+from mlaas4hep_dask.errors import ConfigError
+
+__all__ = ["EventError", "prepare_events", "prepare_inputs"]
+
+
+class EventError(ConfigError):
+    """A request whose events or inputs do not fit the model; the message names the field."""
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EventError(f"{where} must be a number, not {value!r}")
+    if not math.isfinite(value):
+        raise EventError(f"{where} is {value!r}: NaN and infinities are not accepted")
+    return float(value)
+
+
+def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(events, list) or not events:
+        raise EventError("'events' must be a non-empty list of objects")
+    columns: dict[str, list[Any]] = {name: [] for name in inputs}
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise EventError(f"events[{i}] must be an object of branch values")
+        missing = [n for n in inputs if n not in event]
+        if missing:
+            raise EventError(f"events[{i}]: missing branch {missing[0]!r} (the model reads {sorted(inputs)})")
+        extra = [k for k in event if k not in inputs]
+        if extra:
+            raise EventError(f"events[{i}]: unknown branch {extra[0]!r} (the model reads {sorted(inputs)})")
+        for name, branch in inputs.items():
+            value = event[name]
+            where = f"events[{i}].{name}"
+            if branch.is_jagged:
+                if not isinstance(value, list):
+                    raise EventError(f"{where} must be a list of numbers (a jagged branch)")
+                columns[name].append([_number(v, f"{where}[{j}]") for j, v in enumerate(value)])
+            else:
+                columns[name].append(_number(value, where))
+    out: dict[str, Any] = {}
+    for name, branch in inputs.items():
+        if branch.is_jagged:
+            counts = np.array([len(v) for v in columns[name]], dtype=np.int64)
+            flat = np.array([x for v in columns[name] for x in v], dtype=branch.dtype)
+            out[name] = ak.unflatten(flat, counts)
+        else:
+            out[name] = np.array(columns[name], dtype=branch.dtype)
+    return out
+
+
+def prepare_events(bundle: Bundle, events: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of X for the events that pass the bundle's cuts, and their positions in ``events``."""
+    inputs = {name: bundle.inputs[name] for name in bundle.plan.columns}
+    array = ak.zip(_columns(events, inputs), depth_limit=1)
+    selection = bundle.plan.select(array)
+    X, rows = bundle.layout.transform(selection.record)
+    positions = np.arange(len(events)) if selection.keep is None else np.flatnonzero(selection.keep)
+    return X, positions if rows is None else positions[rows]
+
+
+def prepare_inputs(bundle: Bundle, inputs: Any) -> np.ndarray:
+    """Check prepared feature rows (a list of lists or an array) against the model's width."""
+    try:
+        X = np.asarray(inputs, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise EventError("'inputs' must be a list of rows of numbers") from None
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise EventError(f"'inputs' must be a non-empty list of rows, got shape {list(X.shape)}")
+    if X.shape[1] != bundle.layout.idim:
+        raise EventError(f"'inputs' rows have {X.shape[1]} values; the model takes {bundle.layout.idim}")
+    bad = np.argwhere(~np.isfinite(X))
+    if len(bad):
+        raise EventError(
+            f"'inputs'[{bad[0][0]}][{bad[0][1]}] is not finite: NaN and infinities are not accepted"
+        )
+    return X

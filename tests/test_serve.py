@@ -1,0 +1,219 @@
+"""The inference service, run by uvicorn on 127.0.0.1 and used over real HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import awkward as ak
+import httpx
+import numpy as np
+import pytest
+import uproot
+
+import mlaas4hep_dask as m
+from mlaas4hep_dask.bundle import load_bundle
+from mlaas4hep_dask.generate import generate
+from mlaas4hep_dask.serve import Repository, pack
+from mlaas4hep_dask.serve.app import create_app
+from mlaas4hep_dask.train import train
+
+from ._servers import uvicorn_server
+
+MODELS = Path(__file__).resolve().parent.parent / "configs" / "models"
+PREPROC = {"flat_cut": {"nLeptons": {"cut": "nLeptons >= 1"}}}
+N = 40
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return generate(tmp_path_factory.mktemp("serve-data"), events=3000, files=1, seed=8)
+
+
+@pytest.fixture(scope="module")
+def runs(data: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("serve-runs")
+    params = {"epochs": 1, "chunk_size": 3000, "batch_size": 256}
+    return {
+        fw: train(
+            data,
+            MODELS / f"{fw}_model.py",
+            params,
+            labels=[1, 0],
+            preproc=PREPROC,
+            out=out / fw,
+            client="sync",
+        ).path
+        for fw in ("sklearn", "torch", "xgboost", "keras")
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    repo = Repository(tmp_path_factory.mktemp("serve-repo"))
+    with uvicorn_server(create_app(repo, max_body=4 * 2**20)) as url:
+        yield url
+
+
+def _upload(url: str, run: Path, name: str, version: int | None = None) -> httpx.Response:
+    data = {"name": name} | ({"version": str(version)} if version else {})
+    return httpx.post(f"{url}/upload", files={"file": ("run.tar.gz", pack(run))}, data=data, timeout=60)
+
+
+def _raw_events(path: Path, bundle: m.bundle.Bundle) -> list[dict]:
+    arrays = uproot.open(path)["events"].arrays(list(bundle.plan.columns), entry_stop=N)
+    return [
+        {k: (v if not isinstance(v, list) else [float(x) for x in v]) for k, v in ev.items()}
+        for ev in ak.to_list(arrays)
+    ]
+
+
+def _expected(path: Path, bundle: m.bundle.Bundle) -> list[float | None]:
+    """In-process: the training pipeline's rows (plan, layout) for the first N entries, then the model."""
+    raw = uproot.open(path)["events"].arrays(list(bundle.plan.columns), entry_stop=N)
+    selection = bundle.plan.select(raw)
+    X, _ = bundle.layout.transform(selection.record)
+    scores = bundle.predict_features(X).tolist()
+    out: list[float | None] = [None] * N
+    for position, score in zip(np.flatnonzero(selection.keep), scores, strict=True):
+        out[position] = score
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["sklearn", "torch", "xgboost", "keras"])
+def test_http_predictions_equal_in_process(
+    server: str, runs: dict[str, Path], data: list[Path], framework: str
+) -> None:
+    assert _upload(server, runs[framework], framework).status_code == 201
+    bundle = load_bundle(runs[framework])
+    expected = _expected(data[0], bundle)
+    assert any(e is None for e in expected)  # events without leptons fail the bundle's cut
+    got = httpx.post(
+        f"{server}/predict/{framework}", json={"events": _raw_events(data[0], bundle)}, timeout=60
+    )
+    assert got.status_code == 200, got.text
+    scores = got.json()["scores"]
+    assert [s is None for s in scores] == [e is None for e in expected]
+    np.testing.assert_allclose(
+        [s for s in scores if s is not None], [e for e in expected if e is not None], rtol=1e-5
+    )
+    # prepared rows give the same scores, as JSON and as a .npy body
+    raw = uproot.open(data[0])["events"].arrays(list(bundle.plan.columns), entry_stop=N)
+    X, _ = bundle.layout.transform(bundle.plan.select(raw).record)
+    rows = httpx.post(f"{server}/predict/{framework}", json={"inputs": X.tolist()}, timeout=60).json()[
+        "scores"
+    ]
+    np.testing.assert_allclose(rows, [e for e in expected if e is not None], rtol=1e-5)
+    buffer = io.BytesIO()
+    np.save(buffer, X)
+    npy = httpx.post(
+        f"{server}/predict/{framework}",
+        content=buffer.getvalue(),
+        headers={"content-type": "application/x-npy"},
+        timeout=60,
+    )
+    np.testing.assert_allclose(npy.json()["scores"], rows, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_versions_listing_and_deletion(server: str, runs: dict[str, Path]) -> None:
+    assert _upload(server, runs["sklearn"], "versions").json()["version"] == 1
+    assert _upload(server, runs["torch"], "versions").json()["version"] == 2
+    listed = [(x["name"], x["version"], x["framework"]) for x in httpx.get(f"{server}/models").json()]
+    assert ("versions", 1, "sklearn") in listed
+    assert ("versions", 2, "torch") in listed
+    detail = httpx.get(f"{server}/models/versions").json()
+    assert (detail["version"], detail["versions"], detail["bundle"]["framework"]) == (2, [1, 2], "torch")
+    row = [[0.5] * detail["idim"]]
+    assert httpx.post(f"{server}/predict/versions", json={"inputs": row}).json()["version"] == 2
+    assert httpx.post(f"{server}/predict/versions?version=1", json={"inputs": row}).json()["version"] == 1
+    assert httpx.delete(f"{server}/models/versions/2").status_code == 200
+    assert httpx.get(f"{server}/models/versions").json()["version"] == 1
+    assert httpx.delete(f"{server}/models/versions").status_code == 200
+    gone = httpx.post(f"{server}/predict/versions", json={"inputs": row})
+    assert gone.status_code == 404
+    assert gone.json() == {"error": "model 'versions' is not in the repository"}
+
+
+@pytest.mark.slow
+def test_bad_requests_are_4xx_and_the_server_keeps_serving(
+    server: str, runs: dict[str, Path], data: list[Path]
+) -> None:
+    assert _upload(server, runs["sklearn"], "bad").status_code == 201
+    bundle = load_bundle(runs["sklearn"])
+    event = _raw_events(data[0], bundle)[0]
+    idim = bundle.layout.idim
+    cases = [
+        ({"events": [{k: v for k, v in event.items() if k != "HT"}]}, 422, "events[0]: missing branch 'HT'"),
+        ({"events": [{**event, "bogus": 1}]}, 422, "events[0]: unknown branch 'bogus'"),
+        ({"events": [{**event, "HT": "big"}]}, 422, "events[0].HT must be a number"),
+        ({"events": [{**event, "jetPt": 3.0}]}, 422, "events[0].jetPt must be a list of numbers"),
+        ({"events": []}, 422, "'events' must be a non-empty list"),
+        ({"inputs": [[0.1] * (idim - 1)]}, 422, f"rows have {idim - 1} values; the model takes {idim}"),
+        ({"inputs": [[0.1] * idim], "events": []}, 422, "give exactly one of 'events' or 'inputs'"),
+    ]
+    for body, status, message in cases:
+        response = httpx.post(f"{server}/predict/bad", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert message in response.json()["error"]
+    nan = httpx.post(
+        f"{server}/predict/bad",
+        content='{"inputs": [[NaN' + ", 0.1" * (idim - 1) + "]]}",
+        headers={"content-type": "application/json"},
+    )
+    assert nan.status_code == 422
+    assert "not finite" in nan.json()["error"]
+    broken = httpx.post(
+        f"{server}/predict/bad", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 422
+    assert "not valid JSON" in broken.json()["error"]
+    assert httpx.post(f"{server}/predict/nobody", json={"inputs": [[0.0]]}).status_code == 404
+    huge = httpx.post(
+        f"{server}/predict/bad", content=b"0" * (5 * 2**20), headers={"content-type": "application/json"}
+    )
+    assert huge.status_code == 413
+    corrupt = httpx.post(
+        f"{server}/upload", files={"file": ("x.tar.gz", b"not a tarball")}, data={"name": "corrupt"}
+    )
+    assert corrupt.status_code == 400
+    assert "not a readable tarball" in corrupt.json()["error"]
+    assert "corrupt" not in [x["name"] for x in httpx.get(f"{server}/models").json()]
+    traversal = httpx.post(
+        f"{server}/upload", files={"file": ("x.tar.gz", pack(runs["sklearn"]))}, data={"name": "../etc"}
+    )
+    assert traversal.status_code == 400
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.slow
+def test_tfaas_json_route_and_metrics(server: str, runs: dict[str, Path]) -> None:
+    assert _upload(server, runs["sklearn"], "tfaas").status_code == 201
+    features = httpx.get(f"{server}/models/tfaas").json()["bundle"]["features"]
+    row = [0.3] * len(features)
+    direct = httpx.post(f"{server}/predict/tfaas", json={"inputs": [row]}).json()["scores"]
+    reversed_keys = list(reversed(features))
+    tfaas = httpx.post(f"{server}/json", json={"keys": reversed_keys, "values": row[::-1], "model": "tfaas"})
+    assert tfaas.status_code == 200
+    assert tfaas.json() == pytest.approx(direct)
+    bad = httpx.post(f"{server}/json", json={"keys": ["x"], "values": [1.0], "model": "tfaas"})
+    assert bad.status_code == 422
+    text = httpx.get(f"{server}/metrics").text
+    assert 'mlaas4hep_requests_total{model="tfaas",route="/predict/{name}",status="200"}' in text
+    assert "mlaas4hep_request_seconds_bucket" in text
+    assert math.isfinite(json.loads(json.dumps(direct))[0])
+
+
+@pytest.mark.slow
+def test_cli_push(server: str, runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from mlaas4hep_dask.cli import main
+
+    assert main(["push", str(runs["torch"]), "--server", server, "--name", "pushed"]) == 0
+    assert "uploaded" in capsys.readouterr().out
+    assert httpx.get(f"{server}/models/pushed").json()["framework"] == "torch"
+    assert main(["push", str(runs["torch"]), "--server", "http://127.0.0.1:9", "--name", "x"]) == 2
+    assert "cannot reach the inference server" in capsys.readouterr().err
