@@ -174,6 +174,16 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .cluster import connect
+    from .serve.batch import predict_files
+
+    with connect(args.scheduler, n_workers=args.workers) as target:
+        written = predict_files(args.model, args.files, args.out, fmt=args.format, client=target)
+    print(f"wrote {len(written)} {args.format} files of scores to {args.out}")
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
@@ -181,6 +191,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(f"wrote {len(paths)} files of {args.events} events to {out} (with files.txt and labels.txt)")
     return 0
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler",
+        default="local",
+        help="threads, processes, sync, local (LocalCluster, default) or tcp://HOST:PORT",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="LocalCluster workers (default: one per core)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -197,14 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     specs.add_argument("--params", help="params.json")
     specs.add_argument("--preproc", help="preproc.json")
     specs.add_argument("--out", default="specs.json", help="output specs file (default: %(default)s)")
-    specs.add_argument(
-        "--scheduler",
-        default="local",
-        help="threads, processes, sync, local (LocalCluster, default) or tcp://HOST:PORT",
-    )
-    specs.add_argument(
-        "--workers", type=int, default=None, help="LocalCluster workers (default: one per core)"
-    )
+    _cluster_arguments(specs)
     specs.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     specs.set_defaults(run=_cmd_specs)
 
@@ -226,14 +240,7 @@ def _parser() -> argparse.ArgumentParser:
             "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: a GPU if present"
         )
         tr.add_argument("--dtype", help=argparse.SUPPRESS)  # original flag: features are always float32
-        tr.add_argument(
-            "--scheduler",
-            default="local",
-            help="threads, processes, sync, local (default) or tcp://HOST:PORT",
-        )
-        tr.add_argument(
-            "--workers", type=int, default=None, help="LocalCluster workers (default: one per core)"
-        )
+        _cluster_arguments(tr)
         tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         tr.set_defaults(run=_cmd_train)
 
@@ -254,6 +261,14 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--name", help="model name (default: the run directory's name)")
     push.add_argument("--version", type=int, help="version (default: the next one)")
     push.set_defaults(run=_cmd_push)
+
+    pred = sub.add_parser("predict", help="score every event of ROOT inputs with a trained model (batch)")
+    pred.add_argument("--model", required=True, help="REPO/name[:version] or a run directory")
+    pred.add_argument("--files", required=True, help="files.txt, or a comma-separated list of paths/URLs")
+    pred.add_argument("--out", required=True, help="output folder (one file per partition)")
+    pred.add_argument("--format", default="parquet", choices=("parquet", "root"))
+    _cluster_arguments(pred)
+    pred.set_defaults(run=_cmd_predict)
 
     gen = sub.add_parser("generate", help="write sample ttH vs ttbar ROOT files")
     gen.add_argument("--out", required=True, help="output directory")

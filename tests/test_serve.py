@@ -217,3 +217,49 @@ def test_cli_push(server: str, runs: dict[str, Path], capsys: pytest.CaptureFixt
     assert httpx.get(f"{server}/models/pushed").json()["framework"] == "torch"
     assert main(["push", str(runs["torch"]), "--server", "http://127.0.0.1:9", "--name", "x"]) == 2
     assert "cannot reach the inference server" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["parquet", "root"])
+def test_batch_predict_writes_scores_per_partition(
+    runs: dict[str, Path], data: list[Path], tmp_path: Path, fmt: str
+) -> None:
+    from mlaas4hep_dask.cli import main
+
+    repo = Repository(tmp_path / "repo")
+    repo.add("batch", pack(runs["torch"]))
+    out = tmp_path / "scores"
+    args = [
+        "predict",
+        "--model",
+        f"{repo.root}/batch:1",
+        "--files",
+        str(data[0]),
+        "--out",
+        str(out),
+        "--format",
+        fmt,
+        "--scheduler",
+        "threads",
+    ]
+    assert main(args) == 0
+    parts = sorted(out.glob(f"part-*.{fmt}"))
+    assert len(parts) == 1  # 3000 events, one partition
+    table = ak.from_parquet(parts[0]) if fmt == "parquet" else uproot.open(parts[0])["scores"].arrays()
+    assert ak.to_list(table.entry) == list(range(3000))
+    bundle = load_bundle(runs["torch"])
+    raw = uproot.open(data[0])["events"].arrays(list(bundle.plan.columns))
+    selection = bundle.plan.select(raw)
+    X, _ = bundle.layout.transform(selection.record)
+    np.testing.assert_array_equal(ak.to_numpy(table.passed), selection.keep)
+    np.testing.assert_allclose(
+        ak.to_numpy(table.score)[selection.keep], bundle.predict_features(X), rtol=1e-5
+    )
+    assert np.isnan(ak.to_numpy(table.score)[~selection.keep]).all()
+
+
+def test_batch_predict_bad_model_spec(tmp_path: Path, data: list[Path]) -> None:
+    from mlaas4hep_dask.serve.batch import predict_files
+
+    with pytest.raises(m.ConfigError, match="is not a model repository"):
+        predict_files(tmp_path / "nowhere/model", data, tmp_path / "out")

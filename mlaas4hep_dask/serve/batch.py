@@ -1,0 +1,148 @@
+"""Batch inference: score every event of ROOT inputs on the Dask cluster, partition by partition.
+
+Each partition is read, prepared by the bundle (its preprocessing, padding, normalization),
+scored by the model on the worker, and written to its own file in ``out``
+(``part-00000.parquet`` or ``.root``) with the columns ``file`` (index in the input list),
+``entry`` (entry number in that file), ``passed`` (whether the bundle's cuts keep the event)
+and ``score`` (NaN where they do not; ``score_0``, ``score_1``, ... for multiclass models).
+Nothing is gathered on the client but the list of files written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from mlaas4hep_dask.bundle import Bundle, load_bundle
+from mlaas4hep_dask.cluster import compute
+from mlaas4hep_dask.errors import ConfigError
+from mlaas4hep_dask.io import open_dataset
+from mlaas4hep_dask.preprocess import make_plan
+
+__all__ = ["predict_files", "resolve_model"]
+
+
+def resolve_model(spec: str) -> Path:
+    """``REPO/name[:version]`` (latest version by default) or a run directory, to a bundle folder."""
+    from mlaas4hep_dask.serve.repository import Repository
+
+    if Path(spec).is_dir() and (Path(spec) / "bundle.json").is_file():
+        return Path(spec)
+    where, _, version = spec.partition(":")
+    repo, name = Path(where).parent, Path(where).name
+    if version and not version.isdigit():
+        raise ConfigError(f"model {spec!r}: the version after ':' must be a number")
+    if not (repo / "index.sqlite").is_file():
+        raise ConfigError(
+            f"model {spec!r}: {str(repo)!r} is not a model repository (and {spec!r} not a run directory)"
+        )
+    return Path(Repository(repo).get(name, int(version) if version else None).path)
+
+
+@functools.lru_cache(maxsize=4)
+def _bundle(path: str) -> Bundle:
+    """One loaded bundle per worker process and path."""
+    return load_bundle(path)
+
+
+class _ScorePartition:
+    """Read → prepare → score → write one partition; returns the file written."""
+
+    def __init__(self, bundle_path: str, out: str, fmt: str) -> None:
+        self.bundle_path, self.out, self.fmt = bundle_path, out, fmt
+
+    def __call__(self, partition: ak.Array, index: int, file_index: int, start: int) -> str:
+        bundle = _bundle(self.bundle_path)
+        selection = bundle.plan.select(partition)
+        X, rows = bundle.layout.transform(selection.record)
+        n = len(partition)
+        kept = np.arange(n) if selection.keep is None else np.flatnonzero(selection.keep)
+        kept = kept if rows is None else kept[rows]
+        scores = bundle.predict_features(X) if len(X) else np.zeros((0,), np.float32)
+        columns: dict[str, Any] = {
+            "file": np.full(n, file_index, dtype=np.int32),
+            "entry": np.arange(start, start + n, dtype=np.int64),
+            "passed": np.isin(np.arange(n), kept),
+        }
+        if scores.ndim == 2:
+            for k in range(scores.shape[1]):
+                columns[f"score_{k}"] = _place(scores[:, k], kept, n)
+        else:
+            columns["score"] = _place(scores, kept, n)
+        path = Path(self.out) / f"part-{index:05d}.{self.fmt}"
+        if self.fmt == "parquet":
+            ak.to_parquet(ak.zip(columns, depth_limit=1), path)
+        else:
+            import uproot
+
+            with uproot.recreate(path) as f:
+                f.mktree("scores", {k: v.dtype for k, v in columns.items()})
+                f["scores"].extend(columns)
+        return str(path)
+
+
+def _place(values: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, np.nan, dtype=np.float32)
+    out[positions] = values
+    return out
+
+
+def predict_files(
+    model: str | Path,
+    files: str | Path | Sequence[str | Path],
+    out: str | Path,
+    fmt: str = "parquet",
+    client: Any = None,
+    chunk_size: int | None = None,
+) -> list[Path]:
+    """Score every event of ``files`` with a bundle; write one file per partition into ``out``.
+
+    Parameters
+    ----------
+    model
+        A run directory, or ``REPO/name[:version]`` in a model repository.
+    files
+        ``files.txt``, a comma list, or paths/URLs.
+    out
+        Output folder (created).
+    fmt
+        ``"parquet"`` or ``"root"``.
+    client
+        A ``distributed.Client`` or scheduler name.
+    chunk_size
+        Events per partition (default: the bundle's params).
+    """
+    if fmt not in ("parquet", "root"):
+        raise ConfigError(f"output format must be 'parquet' or 'root', not {fmt!r}")
+    import dask
+
+    bundle_path = resolve_model(str(model))
+    bundle = load_bundle(bundle_path)
+    params = dataclasses.replace(bundle.params, nevts=-1, chunk_size=chunk_size or bundle.params.chunk_size)
+    dataset = open_dataset(files, params)
+    missing = [n for n in bundle.plan.columns if n not in dataset.available]
+    if missing:
+        raise ConfigError(f"the inputs lack branches the model reads: {missing[:5]}")
+    selected = {n: dataset.available[n] for n in bundle.manifest["selected"]}
+    plan = make_plan(bundle.preproc, dataset.available, selected)
+    if list(plan.columns) != list(bundle.plan.columns):
+        raise ConfigError("the inputs' branches do not match the ones the model was trained on")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    import dask_awkward as dak
+
+    score = dask.delayed(
+        _ScorePartition(str(bundle_path.resolve()), str(Path(out).resolve()), fmt), pure=True
+    )
+    tasks = [
+        score(part, i, f, a)
+        for i, (part, (f, a, _)) in enumerate(
+            zip(dak.to_delayed(dataset.to_dask(plan.columns)), dataset.partitions, strict=True)
+        )
+    ]
+    return [Path(p) for p in compute(tasks, client)]
