@@ -122,19 +122,23 @@ def main() -> None:
                         list(pool.map(lambda _: one(client), range(args.requests)))
                     seconds = time.perf_counter() - start
                 p50, p99 = np.percentile(latencies, [50, 99]) * 1000
-                rows.append({"events_per_request": size, "clients": clients, "requests_per_s": args.requests / seconds,
-                             "events_per_s": args.requests * size / seconds, "p50_ms": p50, "p99_ms": p99})  # fmt: skip
+                rate = args.requests / seconds
+                rows.append(
+                    {"events_per_request": size, "clients": clients, "requests_per_s": rate,
+                     "events_per_s": rate * size, "p50_ms": p50, "p99_ms": p99}
+                )  # fmt: skip
     finally:
         server.terminate()
         server.wait(timeout=30)
 
-    header = f"{'events/request':>14} {'clients':>7} {'requests/s':>10} {'events/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
+    names = ("events/request", "clients", "requests/s", "events/s", "p50 ms", "p99 ms")
+    header = " ".join(f"{n:>{w}}" for n, w in zip(names, (14, 7, 10, 10, 7, 7), strict=True))
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['events_per_request']:>14} {r['clients']:>7} {r['requests_per_s']:>10.1f} {r['events_per_s']:>10.0f} "
-            f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f}"
+            f"{r['events_per_request']:>14} {r['clients']:>7} {r['requests_per_s']:>10.1f} "
+            f"{r['events_per_s']:>10.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f}"
         )
     args.out.mkdir(exist_ok=True)
     (args.out / "serve-benchmark.json").write_text(json.dumps(rows, indent=1))
