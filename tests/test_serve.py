@@ -152,6 +152,11 @@ def test_bad_requests_are_4xx_and_the_server_keeps_serving(
         ({"events": [{**event, "bogus": 1}]}, 422, "events[0]: unknown branch 'bogus'"),
         ({"events": [{**event, "HT": "big"}]}, 422, "events[0].HT must be a number"),
         ({"events": [{**event, "jetPt": 3.0}]}, 422, "events[0].jetPt must be a list of numbers"),
+        (
+            {"events": [event, {**event, "nJets": 2.5}]},
+            422,
+            "events[1].nJets is 2.5, but the branch holds integers (int32)",
+        ),
         ({"events": []}, 422, "'events' must be a non-empty list"),
         ({"inputs": [[0.1] * (idim - 1)]}, 422, f"rows have {idim - 1} values; the model takes {idim}"),
         ({"inputs": [[0.1] * idim], "events": []}, 422, "give exactly one of 'events' or 'inputs'"),

@@ -25,12 +25,53 @@ class EventError(ConfigError):
     """A request whose events or inputs do not fit the model; the message names the field."""
 
 
-def _number(value: Any, where: str) -> float:
+def _number(value: Any, where: str, dtype: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise EventError(f"{where} must be a number, not {value!r}")
     if not math.isfinite(value):
         raise EventError(f"{where} is {value!r}: NaN and infinities are not accepted")
+    if np.dtype(dtype).kind in "iub" and not float(value).is_integer():
+        raise EventError(f"{where} is {value!r}, but the branch holds integers ({dtype})")
     return float(value)
+
+
+def _fast_columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Columns through awkward's C++ ``from_iter``; ``None`` when anything looks off.
+
+    Then :func:`_columns` checks every value in Python and names the offending one.
+    """
+    try:
+        array = ak.from_iter(events)
+    except (ValueError, TypeError):
+        return None
+    if set(array.fields) != set(inputs):
+        return None
+    out: dict[str, Any] = {}
+    for name, branch in inputs.items():
+        layout = array[name].layout
+        if branch.is_jagged:
+            if not isinstance(layout, ak.contents.ListOffsetArray):
+                return None
+            content = layout.content
+            if isinstance(content, ak.contents.EmptyArray):
+                values = np.zeros(0, dtype=branch.dtype)
+            elif isinstance(content, ak.contents.NumpyArray) and content.data.dtype.kind in "iuf":
+                values = np.asarray(content.data)
+            else:
+                return None
+            counts = np.diff(np.asarray(layout.offsets))
+            values = values[int(np.asarray(layout.offsets)[0]) :][: counts.sum()]
+        elif isinstance(layout, ak.contents.NumpyArray) and layout.data.dtype.kind in "iuf":
+            values, counts = np.asarray(layout.data), None
+        else:
+            return None
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            return None
+        if np.dtype(branch.dtype).kind in "iub" and values.dtype.kind == "f" and (values % 1 != 0).any():
+            return None  # a fraction in an integer branch: the slow path names it
+        values = values.astype(branch.dtype)
+        out[name] = values if counts is None else ak.unflatten(values, counts)
+    return out
 
 
 def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,9 +93,9 @@ def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]
             if branch.is_jagged:
                 if not isinstance(value, list):
                     raise EventError(f"{where} must be a list of numbers (a jagged branch)")
-                columns[name].append([_number(v, f"{where}[{j}]") for j, v in enumerate(value)])
+                columns[name].append([_number(v, f"{where}[{j}]", branch.dtype) for j, v in enumerate(value)])
             else:
-                columns[name].append(_number(value, where))
+                columns[name].append(_number(value, where, branch.dtype))
     out: dict[str, Any] = {}
     for name, branch in inputs.items():
         if branch.is_jagged:
@@ -69,7 +110,8 @@ def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]
 def prepare_events(bundle: Bundle, events: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Rows of X for the events that pass the bundle's cuts, and their positions in ``events``."""
     inputs = {name: bundle.inputs[name] for name in bundle.plan.columns}
-    array = ak.zip(_columns(events, inputs), depth_limit=1)
+    columns = _fast_columns(events, inputs) if isinstance(events, list) and events else None
+    array = ak.zip(columns if columns is not None else _columns(events, inputs), depth_limit=1)
     selection = bundle.plan.select(array)
     X, rows = bundle.layout.transform(selection.record)
     positions = np.arange(len(events)) if selection.keep is None else np.flatnonzero(selection.keep)
