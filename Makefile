@@ -42,6 +42,7 @@ demo: install
 bench: install
 	$(PY) benchmarks/specs.py
 	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/serve.py
 
 lint: install
 	$(VENV)/bin/ruff check mlaas4hep_dask tests benchmarks
