@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import subprocess
@@ -88,3 +89,19 @@ def run_measured(args: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 2**20
     return result
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data size, partitioning, workers and scales, shared by the throughput benchmarks."""
+    parser.add_argument("--events", type=int, default=2_000_000, help="events at scale 1x")
+    parser.add_argument("--files-per-class", type=int, default=2)
+    parser.add_argument("--chunk-size", type=int, default=200_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--out", type=Path, default=Path("bench-output"))
+
+
+def measure_baseline(script: str, files: list[str], chunk_size: int) -> tuple[dict[str, Any], float]:
+    """Run the ``uproot.iterate`` baseline of ``script`` in a fresh process: result and events/s."""
+    base = run_measured([script, "--step", "baseline", *files, str(chunk_size)])
+    return base, base["events"] / base["seconds"]

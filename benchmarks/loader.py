@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ensure_data, run_measured, step_baseline
+from _common import add_common_arguments, ensure_data, measure_baseline, run_measured, step_baseline
 
 
 def step_loader(files: list[str], chunk_size: int, workers: int, specs_path: str) -> None:
@@ -45,12 +45,7 @@ def step_loader(files: list[str], chunk_size: int, workers: int, specs_path: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=2_000_000, help="events at scale 1x")
-    parser.add_argument("--files-per-class", type=int, default=2)
-    parser.add_argument("--chunk-size", type=int, default=200_000)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--out", type=Path, default=Path("bench-output"))
+    add_common_arguments(parser)
     parser.add_argument("--step", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -71,8 +66,7 @@ def main() -> None:
         names = [str(f) for f in files]
         specs_path = args.out / f"specs-{scale}x.json"
         m.compute_specs(names, {"chunk_size": args.chunk_size}, client="threads").save(specs_path)
-        base = run_measured([me, "--step", "baseline", *names, str(args.chunk_size)])
-        base_rate = base["events"] / base["seconds"]
+        base, base_rate = measure_baseline(me, names, args.chunk_size)
         rows.append(("uproot.iterate (1 process)", scale, base, base_rate, 1.0))
         for workers in args.workers if scale == args.scales[0] else [max(args.workers)]:
             res = run_measured(

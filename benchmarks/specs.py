@@ -16,7 +16,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import branches_of, compressed_bytes, ensure_data, run_measured, step_baseline
+from _common import (
+    add_common_arguments,
+    branches_of,
+    compressed_bytes,
+    ensure_data,
+    measure_baseline,
+    run_measured,
+    step_baseline,
+)
 
 TREE = "events"
 
@@ -41,12 +49,7 @@ def step_specs(files: list[str], chunk_size: int, workers: int, preproc: str | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=2_000_000, help="events at scale 1x")
-    parser.add_argument("--files-per-class", type=int, default=2)
-    parser.add_argument("--chunk-size", type=int, default=200_000)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--out", type=Path, default=Path("bench-output"))
+    add_common_arguments(parser)
     parser.add_argument(
         "--preproc", default=str(Path(__file__).resolve().parent.parent / "configs" / "preproc.json"),
         help="preproc.json whose cost is measured at scale 1x with the most workers ('' to skip)",
@@ -68,8 +71,7 @@ def main() -> None:
         files = ensure_data(args.out / f"data-{scale}x", args.events * scale, args.files_per_class)
         names = [str(f) for f in files]
         mbytes = compressed_bytes(files, TREE, branches_of(files)) / 1e6
-        base = run_measured([me, "--step", "baseline", *names, str(args.chunk_size)])
-        base_rate = base["events"] / base["seconds"]
+        base, base_rate = measure_baseline(me, names, args.chunk_size)
         rows.append(("uproot.iterate (1 process)", scale, base, base_rate, mbytes, 1.0))
         for workers in args.workers if scale == args.scales[0] else [max(args.workers)]:
             res = run_measured([me, "--step", "specs", *names, str(args.chunk_size), str(workers), ""])
