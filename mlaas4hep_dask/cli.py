@@ -250,7 +250,7 @@ def _parser() -> argparse.ArgumentParser:
     par.set_defaults(run=_cmd_params)
 
     srv = sub.add_parser("serve", help="serve the models of a repository over HTTP (FastAPI)")
-    srv.add_argument("--repo", required=True, help="model repository folder")
+    srv.add_argument("--repo", required=True, help="model repository: a folder or an fsspec URL (s3://...)")
     srv.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     srv.add_argument("--port", type=int, default=8083, help="default: %(default)s (as TFaaS)")
     srv.set_defaults(run=_cmd_serve)

@@ -107,3 +107,24 @@ def test_bad_uploads_are_refused_and_leave_nothing(run_dir: Path, tmp_path: Path
 def test_bad_names(run_dir: Path, tmp_path: Path, name: str) -> None:
     with pytest.raises(BundleError, match="is not allowed"):
         Repository(tmp_path / "repo").add(name, pack(run_dir))
+
+
+def test_fsspec_store_shared_by_two_servers(run_dir: Path, tmp_path: Path) -> None:
+    """Two repositories with their own caches on one fsspec URL see each other's models."""
+    import fsspec
+
+    url = "memory://mlaas4hep-test-store"
+    first = Repository(url, cache_dir=tmp_path / "cache-a", refresh=0)
+    second = Repository(url, cache_dir=tmp_path / "cache-b", refresh=0)
+    info = first.add("shared", pack(run_dir))
+    assert info.path == f"{url}/shared/1"
+    assert fsspec.filesystem("memory").exists("/mlaas4hep-test-store/shared/1/bundle.json")
+    assert [(m.name, m.version) for m in second.models()] == [("shared", 1)]
+    loaded, bundle = second.load("shared")
+    assert loaded == info
+    assert bundle.predict_features(np.zeros((2, info.idim), np.float32)).shape == (2,)
+    assert second.add("shared", pack(run_dir)).version == 2  # versions are counted on the store
+    assert first.get("shared").version == 2  # found after a miss triggers a sync
+    first.delete("shared")
+    assert second.models() == []
+    assert not fsspec.filesystem("memory").exists("/mlaas4hep-test-store/shared")

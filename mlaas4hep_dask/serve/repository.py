@@ -1,4 +1,10 @@
-"""A model repository: run bundles by name and version on disk, indexed in SQLite.
+"""A model repository: run bundles by name and version, on disk or any fsspec URL, indexed in SQLite.
+
+``Repository("models")`` keeps bundles in a local folder.  ``Repository("s3://bucket/models")``
+(any fsspec URL: shared storage for several servers) keeps them there: each version carries an
+``info.json``, the SQLite index lives in a local cache folder and is rebuilt from those files
+(at start, when listing, and when a model is not found), and bundles are downloaded into the
+cache to be loaded.
 
 Uploads are tarballs of a run directory.  They are unpacked into a private staging folder
 (refusing absolute paths, ``..``, links and special files, and bounded in size), checked by
@@ -10,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import re
 import shutil
 import sqlite3
 import tarfile
+import tempfile
 import threading
 import time
 import uuid
@@ -107,8 +115,24 @@ class Repository:
     >>> repo.load("tth").predict_features(X)  # doctest: +SKIP
     """
 
-    def __init__(self, root: str | Path, cache_size: int = 8) -> None:
-        self.root = Path(root)
+    def __init__(
+        self, root: str | Path, cache_size: int = 8, cache_dir: str | Path | None = None, refresh: float = 5.0
+    ) -> None:
+        text = str(root)
+        self.fs: Any = None
+        self.refresh = refresh
+        self._synced = -float("inf")
+        if "://" in text and not text.startswith("file://"):
+            import fsspec
+
+            self.fs, self.store = fsspec.core.url_to_fs(text)
+            self.url = text.rstrip("/")
+            digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+            self.root = (
+                Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "mlaas4hep-repo" / digest
+            )
+        else:
+            self.root = Path(text.removeprefix("file://"))
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, int], Bundle] = {}
@@ -118,6 +142,25 @@ class Repository:
                 "CREATE TABLE IF NOT EXISTS models (name TEXT NOT NULL, version INTEGER NOT NULL, "
                 "framework TEXT, idim INTEGER, task TEXT, created TEXT, path TEXT, "
                 "PRIMARY KEY (name, version))"
+            )
+        self._sync()
+
+    def _sync(self, force: bool = True) -> None:
+        """Rebuild the local index from the ``info.json`` files of a remote store.
+
+        Without ``force``, only when the index is older than ``refresh`` seconds.
+        """
+        if self.fs is None or (not force and time.monotonic() - self._synced < self.refresh):
+            return
+        self._synced = time.monotonic()
+        rows = []
+        for path in self.fs.glob(f"{self.store}/*/*/info.json"):
+            with self.fs.open(path) as fh:
+                rows.append(ModelInfo(**json.load(fh)))
+        with self._db() as db:
+            db.execute("DELETE FROM models")
+            db.executemany(
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)", [dataclasses.astuple(r) for r in rows]
             )
 
     @contextlib.contextmanager
@@ -150,12 +193,15 @@ class Repository:
             except Exception as err:
                 raise BundleError(f"upload refused: the bundle does not load: {err}") from None
             with self._lock:
+                self._sync()
                 version = version or self._next_version(name)
-                target = self.root / name / str(version)
-                if target.exists():
+                target = (
+                    f"{self.url}/{name}/{version}"
+                    if self.fs is not None
+                    else str(self.root / name / str(version))
+                )
+                if self._exists(name, version):
                     raise BundleError(f"model {name!r} version {version} exists already")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                root.rename(target)
                 info = ModelInfo(
                     name=name,
                     version=version,
@@ -163,13 +209,24 @@ class Repository:
                     idim=bundle.layout.idim,
                     task=bundle.manifest["task"]["kind"],
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    path=str(target),
+                    path=target,
                 )
+                (root / "info.json").write_text(json.dumps(info.to_dict()))
+                if self.fs is not None:
+                    self.fs.put(f"{root}/", f"{self.store}/{name}/{version}", recursive=True)
+                else:
+                    Path(target).parent.mkdir(parents=True, exist_ok=True)
+                    root.rename(target)
                 with self._db() as db:
                     db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(info))
             return info
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _exists(self, name: str, version: int) -> bool:
+        if self.fs is not None:
+            return bool(self.fs.exists(f"{self.store}/{name}/{version}"))
+        return (self.root / name / str(version)).exists()
 
     def _next_version(self, name: str) -> int:
         with self._db() as db:
@@ -178,6 +235,7 @@ class Repository:
 
     def models(self) -> list[ModelInfo]:
         """Every stored version, by name then version."""
+        self._sync(force=False)
         with self._db() as db:
             rows = db.execute("SELECT * FROM models ORDER BY name, version").fetchall()
         return [ModelInfo(*row) for row in rows]
@@ -185,10 +243,15 @@ class Repository:
     def get(self, name: str, version: int | None = None) -> ModelInfo:
         """One version (the latest when ``version`` is ``None``)."""
         query = "SELECT * FROM models WHERE name = ?" + (" AND version = ?" if version else "")
+        query += " ORDER BY version DESC LIMIT 1"
+        args = (name, version) if version else (name,)
+        self._sync(force=False)
         with self._db() as db:
-            rows = db.execute(
-                query + " ORDER BY version DESC LIMIT 1", (name, version) if version else (name,)
-            ).fetchall()
+            rows = db.execute(query, args).fetchall()
+        if not rows and self.fs is not None:  # perhaps stored by another server since the last sync
+            self._sync()
+            with self._db() as db:
+                rows = db.execute(query, args).fetchall()
         if not rows:
             what = f"model {name!r}" + (f" version {version}" if version else "")
             raise ModelNotFoundError(f"{what} is not in the repository")
@@ -205,8 +268,28 @@ class Repository:
                     db.execute("DELETE FROM models WHERE name = ? AND version = ?", (info.name, info.version))
             for info in gone:
                 self._cache.pop((info.name, info.version), None)
-                shutil.rmtree(info.path, ignore_errors=True)
+                if self.fs is not None:
+                    self.fs.rm(f"{self.store}/{info.name}/{info.version}", recursive=True)
+                    shutil.rmtree(self.root / "bundles" / info.name / str(info.version), ignore_errors=True)
+                else:
+                    shutil.rmtree(info.path, ignore_errors=True)
+            if version is None:  # the whole model: its folder too
+                if self.fs is not None and self.fs.exists(f"{self.store}/{name}"):
+                    self.fs.rm(f"{self.store}/{name}", recursive=True)
+                shutil.rmtree(self.root / name, ignore_errors=True)
         return gone
+
+    def _local_copy(self, info: ModelInfo) -> Path:
+        """The bundle folder on this machine (downloaded once from a remote store)."""
+        if self.fs is None:
+            return Path(info.path)
+        local = self.root / "bundles" / info.name / str(info.version)
+        if not (local / "bundle.json").is_file():
+            staging = local.with_name(f".{info.version}-{uuid.uuid4().hex}")
+            self.fs.get(f"{self.store}/{info.name}/{info.version}/", f"{staging}/", recursive=True)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(local)
+        return local
 
     def load(self, name: str, version: int | None = None) -> tuple[ModelInfo, Bundle]:
         """The stored bundle, loaded once and kept in a small cache."""
@@ -216,7 +299,7 @@ class Repository:
             if key not in self._cache:
                 if len(self._cache) >= self._cache_size:
                     self._cache.pop(next(iter(self._cache)))
-                self._cache[key] = load_bundle(info.path)
+                self._cache[key] = load_bundle(self._local_copy(info))
             return info, self._cache[key]
 
 
