@@ -123,7 +123,10 @@ def test_http_predictions_equal_in_process(
 def test_versions_listing_and_deletion(server: str, runs: dict[str, Path]) -> None:
     assert _upload(server, runs["sklearn"], "versions").json()["version"] == 1
     assert _upload(server, runs["torch"], "versions").json()["version"] == 2
-    listed = [(x["name"], x["version"], x["framework"]) for x in httpx.get(f"{server}/models").json()]
+    everything = httpx.get(f"{server}/models").json()
+    listed = [(x["name"], x["version"], x["framework"]) for x in everything]
+    assert {"name", "version", "framework", "idim", "inputs", "created"} <= set(everything[0])
+    assert "jetPt" in next(x for x in everything if x["name"] == "versions")["inputs"]
     assert ("versions", 1, "sklearn") in listed
     assert ("versions", 2, "torch") in listed
     detail = httpx.get(f"{server}/models/versions").json()

@@ -67,9 +67,19 @@ class ModelInfo:
     task: str
     created: str
     path: str
+    inputs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "inputs": list(self.inputs)}
+
+    def row(self) -> tuple[Any, ...]:
+        """The SQLite row (inputs as a JSON list)."""
+        return (*dataclasses.astuple(self)[:-1], json.dumps(list(self.inputs)))
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> ModelInfo:
+        name, version, framework, idim, task, created, path, inputs = row
+        return cls(name, version, framework, idim, task, created, path, tuple(json.loads(inputs or "[]")))
 
 
 def check_name(name: str) -> str:
@@ -140,7 +150,7 @@ class Repository:
         with self._db() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS models (name TEXT NOT NULL, version INTEGER NOT NULL, "
-                "framework TEXT, idim INTEGER, task TEXT, created TEXT, path TEXT, "
+                "framework TEXT, idim INTEGER, task TEXT, created TEXT, path TEXT, inputs TEXT, "
                 "PRIMARY KEY (name, version))"
             )
         self._sync()
@@ -156,12 +166,11 @@ class Repository:
         rows = []
         for path in self.fs.glob(f"{self.store}/*/*/info.json"):
             with self.fs.open(path) as fh:
-                rows.append(ModelInfo(**json.load(fh)))
+                data = json.load(fh)
+                rows.append(ModelInfo(**{**data, "inputs": tuple(data.get("inputs", ()))}))
         with self._db() as db:
             db.execute("DELETE FROM models")
-            db.executemany(
-                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)", [dataclasses.astuple(r) for r in rows]
-            )
+            db.executemany("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [r.row() for r in rows])
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -207,6 +216,7 @@ class Repository:
                     version=version,
                     framework=bundle.framework,
                     idim=bundle.layout.idim,
+                    inputs=tuple(bundle.plan.columns),
                     task=bundle.manifest["task"]["kind"],
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     path=target,
@@ -218,7 +228,7 @@ class Repository:
                     Path(target).parent.mkdir(parents=True, exist_ok=True)
                     root.rename(target)
                 with self._db() as db:
-                    db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)", dataclasses.astuple(info))
+                    db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)", info.row())
             return info
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -238,7 +248,7 @@ class Repository:
         self._sync(force=False)
         with self._db() as db:
             rows = db.execute("SELECT * FROM models ORDER BY name, version").fetchall()
-        return [ModelInfo(*row) for row in rows]
+        return [ModelInfo.from_row(row) for row in rows]
 
     def get(self, name: str, version: int | None = None) -> ModelInfo:
         """One version (the latest when ``version`` is ``None``)."""
@@ -255,7 +265,7 @@ class Repository:
         if not rows:
             what = f"model {name!r}" + (f" version {version}" if version else "")
             raise ModelNotFoundError(f"{what} is not in the repository")
-        return ModelInfo(*rows[0])
+        return ModelInfo.from_row(rows[0])
 
     def delete(self, name: str, version: int | None = None) -> list[ModelInfo]:
         """Remove one version, or every version of ``name``; return what was removed."""
