@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mlaas4hep_dask.generate import generate
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines drown pytest's output
+
+from mlaas4hep_dask.generate import generate  # noqa: E402
 
 from ._servers import http_server, xrootd_server
 
