@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines drown pytest's output
 
-from mlaas4hep_dask.generate import generate  # noqa: E402
+from mlaas4hep_dask.generate import generate
 
 from ._servers import http_server, xrootd_server
 
