@@ -37,6 +37,7 @@ from ._apportion import apportion
 from ._branches import Branch, classify, select_branches
 from .config import Params, load_params, read_file_list
 from .errors import (
+    ConfigError,
     InputError,
     InputNotFoundError,
     NotRootFileError,
@@ -259,7 +260,7 @@ def _partitions(files: Sequence[InputFile], params: Params) -> tuple[tuple[int, 
 
 
 def open_dataset(
-    files: str | Path | Sequence[str | Path],
+    files: str | Path | Sequence[str | Path] | Dataset,
     params: Params | Mapping[str, Any] | str | Path | None = None,
 ) -> Dataset:
     """Validate the input files and return a :class:`Dataset` to read lazily.
@@ -267,7 +268,8 @@ def open_dataset(
     Parameters
     ----------
     files
-        A ``files.txt`` path, a comma-separated string, or a list of paths/URLs.
+        A ``files.txt`` path, a comma-separated string, a list of paths/URLs, or a
+        :class:`Dataset` opened with the same params (returned as it is).
     params
         :class:`~mlaas4hep_dask.config.Params`, a dict, a ``params.json`` path, or ``None``.
 
@@ -285,6 +287,12 @@ def open_dataset(
     (50000, ['nJets', 'MET'])
     """
     params = load_params(params)
+    if isinstance(files, Dataset):  # already opened: reuse it (its metadata reads are done)
+        if files.params != params:
+            raise ConfigError(
+                "an opened Dataset was given with other params than the ones it was opened with"
+            )
+        return files
     paths = read_file_list(files)
     with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
         inspected = list(pool.map(lambda p: _inspect(p, params), paths))

@@ -267,7 +267,7 @@ def specs_from_stats(dataset: Dataset, stats: PartitionStats, plan: Plan | None 
 
 
 def compute_specs(
-    files: str | Path | Sequence[str | Path],
+    files: str | Path | Sequence[str | Path] | Dataset,
     params: Params | Mapping[str, Any] | str | Path | None = None,
     preproc: Preproc | Mapping[str, Any] | str | Path | None = None,
     client: Any = None,

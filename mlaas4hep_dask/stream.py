@@ -171,7 +171,7 @@ class BatchLoader:
 
     def __init__(
         self,
-        files: str | Path | Sequence[str | Path],
+        files: str | Path | Sequence[str | Path] | Dataset,
         specs: Specs | str | Path,
         params: Params | Mapping[str, Any] | str | Path | None = None,
         preproc: Preproc | Mapping[str, Any] | str | Path | None = None,

@@ -175,3 +175,11 @@ def test_local_cluster_gives_identical_specs(generated: list[Path]) -> None:
         other = specs.branches[name]
         assert (spec.min, spec.max, spec.jdim) == (other.min, other.max, other.jdim)
         assert spec.mean == pytest.approx(other.mean, rel=1e-12)
+
+
+def test_an_opened_dataset_is_reused_only_with_its_params(generated: list[Path]) -> None:
+    ds = open_dataset(generated, {"chunk_size": 1000})
+    assert open_dataset(ds, {"chunk_size": 1000}) is ds
+    assert m.compute_specs(ds, {"chunk_size": 1000}, client="sync").nevents == 6000
+    with pytest.raises(m.ConfigError, match="other params than the ones it was opened with"):
+        open_dataset(ds, {"chunk_size": 500})

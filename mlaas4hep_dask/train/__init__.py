@@ -20,6 +20,7 @@ from typing import Any
 
 from mlaas4hep_dask.config import Params, load_params
 from mlaas4hep_dask.errors import ConfigError
+from mlaas4hep_dask.io import open_dataset
 from mlaas4hep_dask.preprocess import Preproc, load_preproc
 from mlaas4hep_dask.specs import Specs, compute_specs
 from mlaas4hep_dask.stream import BatchLoader
@@ -169,13 +170,14 @@ def train(
     module = load_model_file(model)
     run_dir = Path(out) if out else Path("runs") / f"{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    dataset = open_dataset(files, p)  # the files' metadata are read once, for all that follows
     if specs is None:
-        specs = compute_specs(files, p, recipe, client=client)
+        specs = compute_specs(dataset, p, recipe, client=client)
     elif not isinstance(specs, Specs):
         specs = Specs.load(specs)
     specs.save(run_dir / "specs.json")
     loaders = {
-        s: BatchLoader(files, specs, p, recipe, labels, s, client) for s in ("train", "validation", "test")
+        s: BatchLoader(dataset, specs, p, recipe, labels, s, client) for s in ("train", "validation", "test")
     }
     train_loader = loaders["train"]
     if train_loader.labels is None and p.label_branch is None:
