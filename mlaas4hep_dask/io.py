@@ -88,6 +88,15 @@ class Dataset:
     partitions: tuple[tuple[int, int, int], ...]
     params: Params
 
+    def delayed_partitions(self, columns: Sequence[str] | None = None) -> list[Any]:
+        """One ``dask.delayed`` awkward array per partition (in :attr:`partitions` order), lazily.
+
+        Column projection is applied: each reads only ``columns``.
+        """
+        import dask_awkward as dak
+
+        return list(dak.to_delayed(self.to_dask(columns)))
+
     def with_step(self, step: int) -> Dataset:
         """The same inputs cut into partitions of ``step`` entries (``-1``: one per file)."""
         params = dataclasses.replace(self.params, chunk_size=step)

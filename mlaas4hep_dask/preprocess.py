@@ -33,7 +33,14 @@ from ._recipe import BranchCuts, Cut, NewBranch, Preproc, _lib, load_preproc
 from .errors import ConfigError, ExpressionError
 from .expressions import Expression
 
-__all__ = ["BranchCuts", "Cut", "NewBranch", "Plan", "Preproc", "Selection", "load_preproc", "make_plan"]
+__all__ = [
+    "BranchCuts", "Cut", "NewBranch", "Plan", "Preproc", "Selection", "load_preproc", "make_plan", "passing",
+]  # fmt: skip
+
+
+def passing(keep: np.ndarray | None, n: int) -> np.ndarray:
+    """Positions of the events that pass, from a keep mask (``None``: all ``n`` events)."""
+    return np.arange(n) if keep is None else np.flatnonzero(keep)
 
 
 def _empty(branch: Branch) -> ak.Array:
@@ -58,6 +65,11 @@ class Selection:
     record: ak.Array
     cutflow: list[int]
     keep: np.ndarray | None
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Positions, in the input partition, of the events in :attr:`record`."""
+        return passing(self.keep, self.cutflow[0])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -225,15 +225,15 @@ def build_specs_graph(dataset: Dataset, plan: Plan | None = None) -> Any:
         The preprocessing plan; by default the dataset's selected branches, no cuts.
     """
     import dask
-    import dask_awkward as dak
 
     plan = make_plan(None, dataset.available, dataset.branches) if plan is None else plan
-    array = dataset.to_dask(plan.columns)
     per_partition = dask.delayed(_DescribePartition(plan), pure=True)
     reduce = dask.delayed(combine, pure=True)
     parts = [
         per_partition(part, ifile)
-        for part, (ifile, _, _) in zip(dak.to_delayed(array), dataset.partitions, strict=True)
+        for part, (ifile, _, _) in zip(
+            dataset.delayed_partitions(plan.columns), dataset.partitions, strict=True
+        )
     ]
     while len(parts) > 1:
         parts = [reduce(*parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]

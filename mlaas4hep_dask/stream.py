@@ -242,15 +242,11 @@ class BatchLoader:
             pure=True,
         )
         tasks = [
-            counter(part, f, a) for part, (f, a, _) in zip(self._partitions(columns), parts, strict=True)
+            counter(part, f, a)
+            for part, (f, a, _) in zip(self.dataset.delayed_partitions(columns), parts, strict=True)
         ]
         target = self._executor.client if isinstance(self._executor, Distributed) else "threads"
         return [int(n) for n in compute(tasks, target)]
-
-    def _partitions(self, columns: Sequence[str]) -> list[Any]:
-        import dask_awkward as dak
-
-        return list(dak.to_delayed(self.dataset.to_dask(columns)))
 
     def _task(self, partition: int) -> Any:
         import dask
@@ -260,7 +256,7 @@ class BatchLoader:
             self._tasks = [
                 tensorize(part, f, a)
                 for part, (f, a, _) in zip(
-                    self._partitions(self.plan.columns), self.dataset.partitions, strict=True
+                    self.dataset.delayed_partitions(self.plan.columns), self.dataset.partitions, strict=True
                 )
             ]
         return self._tasks[partition]

@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import Params
 from .errors import ConfigError
-from .preprocess import Plan
+from .preprocess import Plan, passing
 from .specs import Specs
 
 __all__ = ["SPLITS", "Block", "Layout", "Tensorize", "split_codes"]
@@ -297,11 +297,10 @@ class Tensorize:
     def __call__(self, partition: ak.Array, file_index: int, start: int) -> tuple[Any, Any, Any] | int:
         if self.count_only and not self.layout.drop_nonfinite:
             keep = self.plan.keep(partition) if self.plan.cuts else None
-            entries = start + (np.arange(len(partition)) if keep is None else np.flatnonzero(keep))
+            entries = start + passing(keep, len(partition))
             return int(np.count_nonzero(self._codes(file_index, entries) == self.code))
         selection = self.plan.select(partition)
-        keep = selection.keep
-        entries = start + (np.arange(len(partition)) if keep is None else np.flatnonzero(keep))
+        entries = start + selection.positions
         mine = self._codes(file_index, entries) == self.code
         record = selection.record if mine.all() else selection.record[mine]
         X, rows = self.layout.transform(record)
@@ -316,10 +315,10 @@ class Tensorize:
 
     def _target(self, record: ak.Array, file_index: int) -> np.ndarray | None:
         if self.label_branch is not None:
-            return _as_target(ak.to_numpy(record[self.label_branch]))
+            return ak.to_numpy(record[self.label_branch]).astype(self.target_dtype)
         if self.labels is None:
             return None
-        return np.full(len(record), self.labels[file_index], dtype=_target_dtype(self.labels))
+        return np.full(len(record), self.labels[file_index], dtype=self.target_dtype)
 
 
 def _target_dtype(values: np.ndarray) -> type:
@@ -330,7 +329,3 @@ def _target_dtype(values: np.ndarray) -> type:
 def _target_dtype_of(dtype: np.dtype) -> np.dtype:
     """Integer and bool label branches give int64 classes, the rest float32 targets."""
     return np.dtype(np.int64) if dtype.kind in "biu" else np.dtype(np.float32)
-
-
-def _as_target(values: np.ndarray) -> np.ndarray:
-    return values.astype(_target_dtype_of(values.dtype))

@@ -114,7 +114,7 @@ def prepare_events(bundle: Bundle, events: Sequence[Any]) -> tuple[np.ndarray, n
     array = ak.zip(columns if columns is not None else _columns(events, inputs), depth_limit=1)
     selection = bundle.plan.select(array)
     X, rows = bundle.layout.transform(selection.record)
-    positions = np.arange(len(events)) if selection.keep is None else np.flatnonzero(selection.keep)
+    positions = selection.positions
     return X, positions if rows is None else positions[rows]
 
 

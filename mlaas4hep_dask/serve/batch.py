@@ -62,8 +62,7 @@ class _ScorePartition:
         selection = bundle.plan.select(partition)
         X, rows = bundle.layout.transform(selection.record)
         n = len(partition)
-        kept = np.arange(n) if selection.keep is None else np.flatnonzero(selection.keep)
-        kept = kept if rows is None else kept[rows]
+        kept = selection.positions if rows is None else selection.positions[rows]
         scores = bundle.predict_features(X) if len(X) else np.zeros((0,), np.float32)
         columns: dict[str, Any] = {
             "file": np.full(n, file_index, dtype=np.int32),
@@ -134,7 +133,6 @@ def predict_files(
     if list(plan.columns) != list(bundle.plan.columns):
         raise ConfigError("the inputs' branches do not match the ones the model was trained on")
     Path(out).mkdir(parents=True, exist_ok=True)
-    import dask_awkward as dak
 
     score = dask.delayed(
         _ScorePartition(str(bundle_path.resolve()), str(Path(out).resolve()), fmt), pure=True
@@ -142,7 +140,7 @@ def predict_files(
     tasks = [
         score(part, i, f, a)
         for i, (part, (f, a, _)) in enumerate(
-            zip(dak.to_delayed(dataset.to_dask(plan.columns)), dataset.partitions, strict=True)
+            zip(dataset.delayed_partitions(plan.columns), dataset.partitions, strict=True)
         )
     ]
     return [Path(p) for p in compute(tasks, client)]
