@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 DEMO   := demo-output
 
-.PHONY: install test demo bench lint xrootd-server clean
+.PHONY: install test demo bench lint xrootd-server postgres-server clean
 
 install: $(STAMP)
 
@@ -25,7 +25,15 @@ xrootd-server:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xrootd-server >/dev/null; \
 	  else echo "xrootd not found and cannot apt-get install it: the XRootD tests will be skipped"; fi; }
 
-test: install xrootd-server
+# The job store is tested on a real PostgreSQL too: Debian's postgresql, installed here when missing.
+postgres-server:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql for the job-store tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "postgresql not found and cannot apt-get install it: the PostgreSQL tests will be skipped"; fi; }
+
+test: install xrootd-server postgres-server
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install

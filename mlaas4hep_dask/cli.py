@@ -7,6 +7,7 @@ exits with status 2; warnings are printed as one line each.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -93,6 +94,7 @@ def _cmd_specs(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with connect(args.scheduler, n_workers=args.workers) as target:
+        _announce(target, args.quiet)
         specs = compute_specs(
             args.files, params=args.params, preproc=args.preproc, client=target, progress=not args.quiet
         )
@@ -104,14 +106,27 @@ def _cmd_specs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _announce(target: Any, quiet: bool) -> None:
+    """Print the Dask dashboard's link when the work runs on a distributed cluster."""
+    link = getattr(target, "dashboard_link", None)
+    if link and not quiet:
+        print(f"Dask dashboard: {link}", flush=True)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .cluster import connect
     from .train import train
 
+    if args.log_progress is not None:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+        )
     with connect(args.scheduler, n_workers=args.workers) as target:
+        _announce(target, args.quiet and args.log_progress is None)
         run = train(
             args.files, args.model, params=args.params, labels=args.labels, preproc=args.preproc,
-            specs=args.specs, out=args.out, client=target, device=args.device, progress=not args.quiet,
+            specs=args.specs, out=args.out, client=target, device=args.device,
+            progress=not args.quiet, log_every=args.log_progress,
         )  # fmt: skip
     final = run.metrics["final"]
     shown = ", ".join(
@@ -145,6 +160,56 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(Repository(args.repo))
     print(f"serving the models in {args.repo} on http://{args.host}:{args.port} (OpenAPI page: /docs)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _cmd_service(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    import uvicorn
+
+    from .cluster import connect
+    from .errors import ConfigError
+    from .service.app import create_app
+    from .service.config import ServiceConfig
+    from .service.runner import Runner
+    from .service.store import JobStore
+    from .service.uploads import Uploads
+
+    config = ServiceConfig.build(
+        workdir=args.workdir, db=args.db, issuer=args.issuer, audience=args.audience,
+        trusted_proxies=args.trusted_proxy, data_roots=args.data_root, insecure_dev=args.insecure_dev,
+        repository=args.repository, max_jobs_per_user=args.max_jobs_per_user,
+        max_running=args.max_running, job_timeout=args.job_timeout,
+    )  # fmt: skip
+    if args.scheduler in ("threads", "processes", "sync", "synchronous", "single-threaded"):
+        raise ConfigError(
+            "the service runs jobs on a distributed cluster: --scheduler local or tcp://HOST:PORT"
+        )
+    if config.insecure_dev:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+        if not loopback:
+            raise ConfigError("--insecure-dev serves only on a loopback address (127.0.0.1), for local use")
+        print(
+            "mlaas4hep: WARNING: --insecure-dev: NO AUTHENTICATION, every caller is user 'dev'. "
+            "Never expose this service.",
+            file=sys.stderr,
+        )
+    config.workdir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    store = JobStore(config.db_url)
+    with connect(args.scheduler, n_workers=args.workers) as client:
+        _announce(client, quiet=False)
+        runner = Runner(config, store, Uploads(config.workdir / "uploads", 4 * config.max_upload), client)
+        app = create_app(config, store, runner)
+        print(
+            f"submit service on http://{args.host}:{args.port} (OpenAPI page: /docs)",
+            file=sys.stderr,
+            flush=True,
+        )
+        # proxy_headers off: the peer address must be the TCP peer, for --trusted-proxy to mean anything
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False)
+    store.close()
     return 0
 
 
@@ -242,6 +307,15 @@ def _parser() -> argparse.ArgumentParser:
         tr.add_argument("--dtype", help=argparse.SUPPRESS)  # original flag: features are always float32
         _cluster_arguments(tr)
         tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        tr.add_argument(
+            "--log-progress",
+            type=float,
+            nargs="?",
+            const=30.0,
+            metavar="SECONDS",
+            help="log phases and progress lines (events, events/s, ETA) every SECONDS (default 30) "
+            "instead of a bar: for batch jobs",
+        )
         tr.set_defaults(run=_cmd_train)
 
     par = sub.add_parser("params", help="print params.json with defaults filled in, or its JSON schema")
@@ -254,6 +328,43 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     srv.add_argument("--port", type=int, default=8083, help="default: %(default)s (as TFaaS)")
     srv.set_defaults(run=_cmd_serve)
+
+    svc = sub.add_parser("service", help="run the submit service (HTTP, OIDC tokens, jobs on Dask)")
+    svc.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    svc.add_argument("--port", type=int, default=8080, help="default: %(default)s")
+    svc.add_argument(
+        "--scheduler",
+        default="local",
+        help="local (a LocalCluster, default) or tcp://HOST:PORT of a scheduler",
+    )
+    svc.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
+    svc.add_argument(
+        "--workdir", default="mlaas4hep-service", help="jobs, uploads, results (default: %(default)s)"
+    )
+    svc.add_argument(
+        "--db", help="job database URL (default: sqlite:///WORKDIR/jobs.sqlite; postgresql://...)"
+    )
+    svc.add_argument("--issuer", help="OIDC issuer URL (or $MLAAS4HEP_OIDC_ISSUER)")
+    svc.add_argument("--audience", help="token audience (or $MLAAS4HEP_OIDC_AUDIENCE)")
+    svc.add_argument(
+        "--trusted-proxy", action="append", default=[], metavar="CIDR",
+        help="address of an OAuth2-Proxy whose X-Forwarded-User/-Email/-Access-Token headers are trusted",
+    )  # fmt: skip
+    svc.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="local folder jobs may read inputs from",
+    )
+    svc.add_argument("--repository", help="model repository (folder or fsspec URL) for jobs that push")
+    svc.add_argument("--max-jobs-per-user", type=int, default=2, help="running jobs per user (default: 2)")
+    svc.add_argument("--max-running", type=int, default=8, help="running jobs in all (default: 8)")
+    svc.add_argument("--job-timeout", type=float, default=24 * 3600.0, help="seconds (default: one day)")
+    svc.add_argument(
+        "--insecure-dev", action="store_true", help="NO AUTHENTICATION (every caller is 'dev'); loopback only"
+    )
+    svc.set_defaults(run=_cmd_service)
 
     push = sub.add_parser("push", help="upload a run directory to an inference server")
     push.add_argument("run_dir", help="run directory written by mlaas4hep train")

@@ -126,7 +126,9 @@ def uvicorn_server(app: object) -> Iterator[str]:
     """Run an ASGI app with uvicorn on a free loopback port in a thread; yield its base URL."""
     import uvicorn
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="off")  # type: ignore[arg-type]
+    config = uvicorn.Config(  # type: ignore[arg-type]
+        app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="off", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -140,3 +142,54 @@ def uvicorn_server(app: object) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """Run a throw-away PostgreSQL (Debian's) on a free loopback port; yield its SQLAlchemy URL.
+
+    PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` user.
+    """
+    initdb, postgres = _postgres_bin("initdb"), _postgres_bin("postgres")
+    if initdb is None or postgres is None:
+        raise FileNotFoundError("postgres")
+    data = Path(tempfile.mkdtemp(prefix="mlaas4hep-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    try:
+        subprocess.run(
+            [*prefix, initdb, "-D", str(data), "-U", "mlaas", "--auth=trust", "-E", "UTF8"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        proc = subprocess.Popen(
+            [*prefix, postgres, "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(data)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"postgres exited with {proc.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("postgres did not start within 30 s")
+            time.sleep(0.1)
+        time.sleep(0.5)  # accepting connections a moment after the port opens
+        try:
+            yield f"postgresql://mlaas@127.0.0.1:{port}/postgres"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)

@@ -84,8 +84,8 @@ def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tuple[tarfil
 @pytest.mark.parametrize(
     ("blob", "message"),
     [
-        (lambda run: _tar([_file("../../evil.txt")]), "path '../../evil.txt' leaves the bundle"),
-        (lambda run: _tar([_file("/etc/evil.txt")]), "path '/etc/evil.txt' leaves the bundle"),
+        (lambda run: _tar([_file("../../evil.txt")]), "path '../../evil.txt' leaves the archive"),
+        (lambda run: _tar([_file("/etc/evil.txt")]), "path '/etc/evil.txt' leaves the archive"),
         (lambda run: _tar([_link("bundle.json", "/etc/passwd")]), "'bundle.json' is a link or special file"),
         (lambda run: _tar([_link("x", "/etc/passwd", tarfile.LNKTYPE)]), "'x' is a link or special file"),
         (lambda run: b"this is not a tarball", "not a readable tarball"),

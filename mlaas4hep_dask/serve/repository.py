@@ -17,12 +17,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import re
 import shutil
 import sqlite3
-import tarfile
 import tempfile
 import threading
 import time
@@ -31,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from mlaas4hep_dask._tarball import UnsafeArchiveError, pack, unpack
 from mlaas4hep_dask.bundle import Bundle, load_bundle
 from mlaas4hep_dask.errors import MLaaSError, SchemaError
 
@@ -87,22 +86,6 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise BundleError(f"model name {name!r} is not allowed: use letters, digits, '_', '.', '-' (max 64)")
     return name
-
-
-def _safe_extract(archive: tarfile.TarFile, target: Path) -> None:
-    """Extract, refusing anything that could write outside ``target`` or is not a plain file."""
-    total = 0
-    for member in archive.getmembers():
-        name = member.name
-        parts = Path(name).parts
-        if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-            raise BundleError(f"upload refused: path {name!r} leaves the bundle")
-        if not (member.isfile() or member.isdir()):
-            raise BundleError(f"upload refused: {name!r} is a link or special file")
-        total += member.size
-        if total > MAX_UNPACKED:
-            raise BundleError(f"upload refused: more than {MAX_UNPACKED} bytes unpacked")
-    archive.extractall(target, filter="data")
 
 
 def _bundle_root(folder: Path) -> Path:
@@ -190,12 +173,9 @@ class Repository:
         staging.mkdir(parents=True)
         try:
             try:
-                data = tarball.read_bytes() if isinstance(tarball, Path) else tarball
-                source = io.BytesIO(data) if isinstance(data, bytes) else data
-                with tarfile.open(fileobj=source, mode="r:*") as tar:
-                    _safe_extract(tar, staging)
-            except (tarfile.TarError, EOFError, OSError) as err:
-                raise BundleError(f"upload refused: not a readable tarball ({err})") from None
+                unpack(tarball.read_bytes() if isinstance(tarball, Path) else tarball, staging, MAX_UNPACKED)
+            except UnsafeArchiveError as err:
+                raise BundleError(f"upload refused: {err}") from None
             root = _bundle_root(staging)
             try:
                 bundle = load_bundle(root)
@@ -311,16 +291,6 @@ class Repository:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = load_bundle(self._local_copy(info))
             return info, self._cache[key]
-
-
-def pack(run_dir: str | Path) -> bytes:
-    """A run directory as a gzipped tarball (what ``POST /upload`` and ``mlaas4hep push`` send)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in sorted(Path(run_dir).rglob("*")):
-            if path.is_file():
-                tar.add(path, arcname=str(path.relative_to(run_dir)))
-    return buffer.getvalue()
 
 
 def manifest_of(info: ModelInfo) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 FRAMEWORKS = ("keras", "torch", "xgboost", "sklearn")
+
+_log = logging.getLogger("mlaas4hep_dask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +82,19 @@ def _device(framework: str, device: str) -> str:
 
 
 class _Progress:
-    """A live bar with events/s while training (rich), or nothing."""
+    """Training progress: a live bar with events/s (rich), log lines every ``log_every`` s, or nothing.
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    A log line reads ``progress: training DONE/TOTAL events (P%), R events/s, ETA S s``; the
+    service parses it for a job's progress, so keep its shape.
+    """
+
+    def __init__(self, total: int, enabled: bool, log_every: float | None = None) -> None:
         self.bar: Any = None
-        if enabled:
+        self.total = total
+        self.done = 0
+        self.log_every = log_every
+        self.start = self.logged = time.perf_counter()
+        if enabled and log_every is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
@@ -94,14 +105,21 @@ class _Progress:
                 TimeRemainingColumn(),
             )
             self.task = self.bar.add_task("train", total=total, rate="")
-            self.start = time.perf_counter()
             self.bar.start()
 
     def advance(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        rate = self.done / max(now - self.start, 1e-9)
         if self.bar is not None:
-            done = self.bar.tasks[0].completed + n
-            rate = done / max(time.perf_counter() - self.start, 1e-9)
             self.bar.update(self.task, advance=n, rate=f"{rate:,.0f}")
+        elif self.log_every is not None and (now - self.logged >= self.log_every or self.done >= self.total):
+            self.logged = now
+            eta = max(self.total - self.done, 0) / rate if rate > 0 else float("nan")
+            _log.info(
+                "progress: training %d/%d events (%.1f%%), %.0f events/s, ETA %.0f s",
+                self.done, self.total, 100 * self.done / max(self.total, 1), rate, eta,
+            )  # fmt: skip
 
     def close(self) -> None:
         if self.bar is not None:
@@ -130,6 +148,7 @@ def train(
     client: Any = None,
     device: str = "auto",
     progress: bool = False,
+    log_every: float | None = None,
 ) -> Run:
     """Train ``model.py`` on ROOT inputs and write a run directory.
 
@@ -151,6 +170,9 @@ def train(
         ``"auto"`` (a GPU when there is one), ``"cpu"`` or ``"cuda"``.
     progress
         Show a live bar with events/s.
+    log_every
+        Instead of a bar, log the phases and a progress line (events, events/s, ETA) every
+        ``log_every`` seconds to the ``mlaas4hep_dask`` logger (for batch jobs and the service).
 
     Returns
     -------
@@ -171,8 +193,15 @@ def train(
     run_dir = Path(out) if out else Path("runs") / f"{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     dataset = open_dataset(files, p)  # the files' metadata are read once, for all that follows
+    _log.info("opened %d input files (%d entries)", len(dataset.files), sum(f.entries for f in dataset.files))
     if specs is None:
+        start = time.perf_counter()
         specs = compute_specs(dataset, p, recipe, client=client)
+        seconds = time.perf_counter() - start
+        _log.info(
+            "specs: %d events read in %.1f s (%.0f events/s), input dimension %d",
+            specs.nevents, seconds, specs.nevents / max(seconds, 1e-9), specs.idim,
+        )  # fmt: skip
     elif not isinstance(specs, Specs):
         specs = Specs.load(specs)
     specs.save(run_dir / "specs.json")
@@ -206,7 +235,9 @@ def train(
             }
         )
 
-    bar = _Progress(len(train_loader) * (p.epochs if framework != "xgboost" else 1), progress)
+    total = len(train_loader) * (p.epochs if framework != "xgboost" else 1)
+    _log.info("training a %s model on %s: %d events", framework, dev, total)
+    bar = _Progress(total, progress, log_every)
     start = time.perf_counter()
     try:
         if callable(getattr(module, "fit", None)):
@@ -219,6 +250,7 @@ def train(
         bar.close()
     seconds = time.perf_counter() - start
 
+    _log.info("trained in %.1f s; evaluating on the validation and test events", seconds)
     val_block, test_block = (collect(loaders[s], predict) for s in ("validation", "test"))
     final = {f"val_{k}": v for k, v in metrics(task, val_block.y, val_block.X, val_block.w).items()}
     final |= {f"test_{k}": v for k, v in metrics(task, test_block.y, test_block.X, test_block.w).items()}
@@ -233,6 +265,7 @@ def train(
     write_plots(run_dir, epochs, task, val_block, test_block)
     for loader in loaders.values():
         loader.close()
+    _log.info("run directory written: %s", run_dir)
     return Run(run_dir, framework, payload)
 
 

@@ -1,0 +1,376 @@
+"""The submit service end to end: a real ``mlaas4hep service`` process, a real LocalCluster, a real issuer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mlaas4hep_dask.serve import Repository
+
+from ._oidc import AUDIENCE, Issuer, oidc_issuer
+from ._service import Caller, ServiceProcess, tarball, worker_pid_running
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+MODEL = "from sklearn.linear_model import SGDClassifier\n\ndef model():\n    return SGDClassifier(loss='log_loss', random_state=0)\n"
+SLEEPER = "import time\ntime.sleep(600)\n\ndef model():\n    return None\n"
+PARAMS = {
+    "tree": "events",
+    "chunk_size": 2000,
+    "epochs": 2,
+    "batch_size": 256,
+    "identifier": ["run", "event"],
+    "exclude_branches": ["weight"],
+}
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[Issuer]:
+    with oidc_issuer() as it:
+        yield it
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    from distributed import Client
+
+    from mlaas4hep_dask.cluster import local_cluster
+
+    cluster = local_cluster(n_workers=2)
+    with Client(cluster) as client:
+        yield client
+    cluster.close()
+
+
+def _args(issuer: Issuer, cluster: Any, data: Path, repo: Path, *more: str) -> list[str]:
+    return [
+        "--scheduler", cluster.scheduler.address, "--issuer", issuer.url, "--audience", AUDIENCE,
+        "--data-root", str(data), "--repository", str(repo), *more,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def service(
+    issuer: Issuer, cluster: Any, generated: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    work = tmp_path_factory.mktemp("service")
+    svc = ServiceProcess(
+        work, *_args(issuer, cluster, generated[0].parent, work / "models", "--max-jobs-per-user", "1")
+    )
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def alice(service: ServiceProcess, issuer: Issuer) -> Caller:
+    return Caller(service.url, issuer.token("alice"))
+
+
+@pytest.fixture(scope="module")
+def bob(service: ServiceProcess, issuer: Issuer) -> Caller:
+    return Caller(service.url, issuer.token("bob"))
+
+
+def _job(generated: list[Path], **more: Any) -> dict[str, Any]:
+    return {"files": [str(p) for p in generated], "labels": [1, 0], "params": PARAMS, "model": MODEL, **more}
+
+
+def test_a_job_runs_from_submit_to_results_and_pushes_its_bundle(
+    alice: Caller, service: ServiceProcess, generated: list[Path]
+) -> None:
+    # model.py, params.json and labels.txt from an upload; the files inline
+    up = alice.upload(
+        "tth",
+        {"inputs/model.py": MODEL, "inputs/params.json": json.dumps(PARAMS), "inputs/labels.txt": "1\n0\n"},
+    )
+    assert up.status_code == 201, up.text
+    assert up.json()["files"] == ["labels.txt", "model.py", "params.json"]
+    response = alice.submit(
+        name="tth-sgd", upload="tth", files="\n".join(map(str, generated)) + "\n# a comment\n", push=True
+    )
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["state"] in ("queued", "running")
+    assert job["owner"] == "alice"
+    done = alice.wait(job["id"])
+    assert done["state"] == "succeeded", alice.client.get(f"/logs?id={job['id']}").text
+    assert done["progress"] == 1.0
+    assert done["started"]
+    assert done["finished"]
+
+    results = alice.client.get(f"/jobs/{job['id']}/results").json()
+    assert results["framework"] == "sklearn"
+    assert results["metrics"]["val_auc"] > 0.75
+    assert {"bundle.json", "metrics.json", "job.log", "plots/roc.png"} <= set(results["files"])
+    assert results["push"] == {"name": "tth-sgd", "version": 1}
+    assert Repository(service.workdir / "models").get("tth-sgd").framework == "sklearn"
+    plot = alice.client.get(results["files"]["plots/roc.png"])
+    assert plot.status_code == 200
+    assert plot.content.startswith(b"\x89PNG")
+    bundle = alice.client.get(results["bundle"])
+    assert bundle.status_code == 200
+    assert bundle.content[:2] == b"\x1f\x8b"
+
+    logs = alice.client.get(f"/jobs/{job['id']}/logs").json()["lines"]
+    text = "\n".join(line["line"] for line in logs)
+    assert "progress: training" in text
+    assert "[service] job succeeded" in text
+    assert [line["seq"] for line in logs] == sorted(line["seq"] for line in logs)
+    later = alice.client.get(f"/jobs/{job['id']}/logs", params={"after": logs[-2]["seq"]}).json()["lines"]
+    assert [line["seq"] for line in later] == [logs[-1]["seq"]]
+    streamed = alice.client.get(f"/jobs/{job['id']}/logs", params={"follow": True}).text
+    assert streamed.splitlines() == [line["line"] for line in logs]
+    # the original server's routes
+    assert alice.client.get("/status", params={"id": job["id"]}).json()["state"] == "succeeded"
+    assert "progress: training" in alice.client.get("/logs", params={"id": job["id"]}).text
+    assert alice.client.get(f"/jobs/{job['id']}/results/../../jobs.sqlite").status_code == 404
+
+
+def test_users_see_and_cancel_only_their_own_jobs(
+    alice: Caller, bob: Caller, issuer: Issuer, service: ServiceProcess, generated: list[Path]
+) -> None:
+    job = alice.submit(**_job(generated, model=SLEEPER, name="sleepy")).json()
+    assert [j["id"] for j in bob.client.get("/jobs").json()] == []
+    for method, path in [("GET", ""), ("GET", "/logs"), ("GET", "/results"), ("DELETE", "")]:
+        response = bob.client.request(method, f"/jobs/{job['id']}{path}")
+        assert response.status_code == 404, (method, path)
+        assert response.json()["error"] == f"no job {job['id']!r}"
+    assert bob.client.get("/status", params={"id": job["id"]}).status_code == 404
+    assert bob.submit(**_job(generated, upload="tth")).json()["error"] == "you have no upload named 'tth'"
+    admin = Caller(service.url, issuer.token("root", groups=["mlaas-admin"]))
+    assert job["id"] in [j["id"] for j in admin.client.get("/jobs", params={"all": True}).json()]
+    assert admin.job(job["id"])["owner"] == "alice"
+
+    alice.wait(job["id"], {"running"})
+    cancelled = alice.client.delete(f"/jobs/{job['id']}")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["state"] == "cancelled"
+    assert alice.client.delete(f"/jobs/{job['id']}").status_code == 409
+    # the workflow's processes are gone: alice (limit: 1 running job) gets her next job run
+    nxt = alice.submit(**_job(generated)).json()
+    assert alice.wait(nxt["id"])["state"] == "succeeded"
+    assert alice.job(job["id"])["state"] == "cancelled"
+    assert "[service] cancelled by the user" in alice.client.get("/logs", params={"id": job["id"]}).text
+
+
+def test_per_user_limit_queues_and_a_queued_job_can_be_cancelled(
+    alice: Caller, bob: Caller, generated: list[Path]
+) -> None:
+    first = alice.submit(**_job(generated, model=SLEEPER)).json()
+    second = alice.submit(**_job(generated)).json()
+    alice.wait(first["id"], {"running"})
+    time.sleep(2)
+    assert alice.job(second["id"])["state"] == "queued"  # alice may run one job at a time
+    other = bob.submit(**_job(generated)).json()  # bob is not held up by alice
+    assert bob.wait(other["id"])["state"] == "succeeded"
+    assert alice.client.delete(f"/jobs/{second['id']}").json()["state"] == "cancelled"
+    assert alice.client.delete(f"/jobs/{first['id']}").json()["state"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "error"),
+    [
+        (
+            "def model():\n    raise RuntimeError('boom')\n",
+            {},
+            "model file 'model.py', line 2: model() failed: RuntimeError: boom",
+        ),
+        (
+            "import time\ntime.sleep(600)\ndef model():\n    return None\n",
+            {"resources": {"timeout": 3}},
+            "timed out after 3 s",
+        ),
+        (MODEL, {"files": ["root://127.0.0.1:9//store/none.root"]}, "root://127.0.0.1:9//store/none.root"),
+    ],
+    ids=["model-crashes", "model-never-ends", "unreachable-input"],
+)
+def test_failing_jobs_end_failed_with_a_clear_error(
+    alice: Caller, generated: list[Path], model: str, extra: dict[str, Any], error: str
+) -> None:
+    body = _job(generated, model=model) | extra
+    if "files" in extra:
+        body["labels"] = [1]
+    job = alice.submit(**body).json()
+    done = alice.wait(job["id"])
+    assert done["state"] == "failed"
+    assert error in done["error"]
+    assert alice.client.get(f"/jobs/{job['id']}/results").status_code == 409
+
+
+def test_a_worker_that_dies_mid_job_is_retried_and_the_job_finishes(
+    alice: Caller, cluster: Any, generated: list[Path]
+) -> None:
+    slow = "import time\ntime.sleep(4)\n" + MODEL
+    job = alice.submit(**_job(generated, model=slow)).json()
+    alice.wait(job["id"], {"running"})
+    deadline = time.monotonic() + 30
+    while (pid := worker_pid_running(cluster, f"mlaas4hep-job-{job['id']}")) is None:
+        assert time.monotonic() < deadline, "the job's task never showed up on a worker"
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    done = alice.wait(job["id"])
+    assert done["state"] == "succeeded", done["error"]  # Dask ran the task again on a live worker
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 422, "the body is not valid JSON at line 1, column 2"),
+        (b"[1, 2]", 422, "Input should be a valid dictionary"),
+        (
+            json.dumps({"files": ["a.root"], "model": MODEL, "shell": "rm -rf /"}).encode(),
+            422,
+            "unknown field 'shell'",
+        ),
+        (
+            json.dumps({"files": ["/etc/passwd"], "model": MODEL}).encode(),
+            422,
+            "local path '/etc/passwd' is outside the service's data roots",
+        ),
+        (
+            json.dumps({"files": ["file:///etc/passwd"], "model": MODEL}).encode(),
+            422,
+            "only root://, http:// and https:// URLs",
+        ),
+        (
+            json.dumps({"files": ["../../jobs.sqlite"], "model": MODEL}).encode(),
+            422,
+            "needs an 'upload' holding it",
+        ),
+        (
+            json.dumps({"files": ["root://h//a.root"], "model": "def model(:\n"}).encode(),
+            422,
+            "model: syntax error at line 1",
+        ),
+        (
+            json.dumps({"files": ["root://h//a.root"], "model": "x = 1\n"}).encode(),
+            422,
+            "defines no function model(idim)",
+        ),
+        (
+            json.dumps({"files": ["root://h//a.root"], "model": MODEL, "params": {"epochs": "ten"}}).encode(),
+            422,
+            "epochs",
+        ),
+        (
+            json.dumps(
+                {
+                    "files": ["root://h//a.root"],
+                    "model": MODEL,
+                    "preproc": {"cuts": {"x": "__import__('os')"}},
+                }
+            ).encode(),
+            422,
+            "preproc",
+        ),
+        (
+            json.dumps({"files": ["root://h//a.root"], "model": MODEL, "labels": [1, 0]}).encode(),
+            422,
+            "labels",
+        ),
+        (
+            json.dumps(
+                {"files": ["root://h//a.root"], "model": MODEL, "resources": {"workers": 99}}
+            ).encode(),
+            422,
+            "the cluster has 2 workers, not 99",
+        ),
+        (
+            json.dumps({"files": ["root://h//a.root"], "model": MODEL, "resources": {"gpu": True}}).encode(),
+            422,
+            "no worker of the cluster offers a GPU",
+        ),
+        (json.dumps({"files": ["root://h//a.root"], "model": MODEL, "name": "../x"}).encode(), 422, "name"),
+        (json.dumps({"files": ["root://h//a.root"], "model": "x" * 2**21}).encode(), 413, "over the limit"),
+    ],
+    ids=[
+        "malformed",
+        "not-object",
+        "unknown-field",
+        "local-outside",
+        "file-url",
+        "relative",
+        "syntax",
+        "no-model",
+        "params",
+        "preproc",
+        "labels",
+        "workers",
+        "gpu",
+        "name",
+        "huge",
+    ],
+)
+def test_bad_submissions_are_refused_with_the_field_named(
+    alice: Caller, body: bytes, status: int, message: str
+) -> None:
+    response = alice.client.post("/submit", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_bad_uploads_are_refused_and_write_nothing_outside(alice: Caller, service: ServiceProcess) -> None:
+    before = set(service.workdir.rglob("*"))
+    evil = {"../../evil.py": "x", "/etc/evil": "x"}
+    for name, content in evil.items():
+        response = alice.client.post(
+            "/upload", files={"file": ("x.tar.gz", tarball({name: content}))}, data={"name": "evil"}
+        )
+        assert response.status_code == 422
+        assert "leaves the archive's folder" in response.json()["error"]
+    assert (
+        alice.client.post(
+            "/upload", files={"file": ("x.tar.gz", b"not a tarball")}, data={"name": "junk"}
+        ).status_code
+        == 422
+    )
+    assert (
+        alice.client.post(
+            "/upload", files={"file": ("x.tar.gz", tarball({"a": "b"}))}, data={"name": "../up"}
+        ).status_code
+        == 422
+    )
+    huge = alice.client.post("/upload", params={"name": "huge"}, content=os.urandom(65 * 2**20))
+    assert huge.status_code == 413
+    after = {p for p in service.workdir.rglob("*") if "jobs" not in p.parts and p.name != "service.log"}
+    assert after - before <= {p for p in after if p.name.startswith(("jobs.sqlite", "uploads"))}
+    assert not (service.workdir.parent / "evil.py").exists()
+    assert httpx.get(f"{service.url}/healthz").status_code == 200
+    # a raw tarball body with ?name= (the original server's upload) works
+    raw = alice.client.post("/upload", params={"name": "raw"}, content=tarball({"model.py": MODEL}))
+    assert raw.status_code == 201
+    assert raw.json()["files"] == ["model.py"]
+    assert [u["name"] for u in alice.client.get("/uploads").json()] == ["raw", "tth"]
+
+
+def test_a_restart_fails_running_jobs_clearly_and_runs_queued_ones(
+    issuer: Issuer, cluster: Any, generated: list[Path], tmp_path: Path
+) -> None:
+    args = _args(issuer, cluster, generated[0].parent, tmp_path / "models", "--max-jobs-per-user", "1")
+    svc = ServiceProcess(tmp_path, *args).start()
+    carol = Caller(svc.url, issuer.token("carol"))
+    running = carol.submit(**_job(generated, model=SLEEPER)).json()
+    queued = carol.submit(**_job(generated)).json()
+    carol.wait(running["id"], {"running"})
+    svc.kill()
+    svc.start()  # same work dir and database
+    carol = Caller(svc.url, issuer.token("carol"))
+    lost = carol.job(running["id"])
+    assert lost["state"] == "failed"
+    assert "the service stopped while the job was running" in lost["error"]
+    assert carol.wait(queued["id"])["state"] == "succeeded"
+    # the task of the lost job was told to stop: no worker still runs it
+    deadline = time.monotonic() + 30
+    while worker_pid_running(cluster, f"mlaas4hep-job-{running['id']}") is not None:
+        assert time.monotonic() < deadline, "the lost job's task still runs"
+        time.sleep(0.5)
+    svc.stop()
