@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 DEMO   := demo-output
 
-.PHONY: install test demo bench lint xrootd-server postgres-server clean
+.PHONY: install test demo bench lint image xrootd-server postgres-server clean
 
 install: $(STAMP)
 
@@ -51,11 +51,17 @@ bench: install
 	$(PY) benchmarks/specs.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/scaling.py
 
 lint: install
 	$(VENV)/bin/ruff check mlaas4hep_dask tests benchmarks
 	$(VENV)/bin/ruff format --check mlaas4hep_dask tests benchmarks
 	$(VENV)/bin/mypy
+
+# The image shared by the Dask workers, the submit service and the inference server.
+IMAGE ?= mlaas4hep-dask:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) $(DEMO) bench-output .pytest_cache .ruff_cache .mypy_cache

@@ -89,11 +89,10 @@ def _print_specs(specs: Any, out: Path, seconds: float) -> None:
 
 
 def _cmd_specs(args: argparse.Namespace) -> int:
-    from .cluster import connect
     from .specs import compute_specs
 
     start = time.perf_counter()
-    with connect(args.scheduler, n_workers=args.workers) as target:
+    with _connect(args) as target:
         _announce(target, args.quiet)
         specs = compute_specs(
             args.files, params=args.params, preproc=args.preproc, client=target, progress=not args.quiet
@@ -114,14 +113,13 @@ def _announce(target: Any, quiet: bool) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .cluster import connect
     from .train import train
 
     if args.log_progress is not None:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
         )
-    with connect(args.scheduler, n_workers=args.workers) as target:
+    with _connect(args) as target:
         _announce(target, args.quiet and args.log_progress is None)
         run = train(
             args.files, args.model, params=args.params, labels=args.labels, preproc=args.preproc,
@@ -137,6 +135,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"on {final['device']}\nrun directory: {run.path} (plots in {run.path / 'plots'})"
     )
     return 0
+
+
+def _cmd_campaign(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .campaign import load_campaign, run_campaign
+
+    campaign = load_campaign(args.file, out=args.out)
+    if args.log_progress is not None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    with _connect(args) as target:
+        _announce(target, quiet=False)
+        rows = run_campaign(campaign, client=target, log_every=args.log_progress)
+    table = Table(title=f"Campaign {args.file}", title_justify="left")
+    metrics = sorted({k for row in rows for k in row if k.startswith(("val_", "test_"))})
+    for column in ("run", "framework", "state", *metrics, "seconds"):
+        table.add_column(column, justify="left" if column in ("run", "framework", "state") else "right")
+    for row in rows:
+        table.add_row(
+            row["name"], row.get("framework", "-"), row["state"], *(_fmt(row.get(m)) for m in metrics),
+            f"{row['seconds']:.1f}",
+        )  # fmt: skip
+    console = Console(width=120)
+    console.print(table)
+    failed = [row for row in rows if row["state"] != "succeeded"]
+    for row in failed:
+        console.print(f"[red]{row['name']} failed:[/] {row['error']}")
+    console.print(f"summary: {campaign.out / 'summary.csv'}; ROC comparison: {campaign.out / 'roc.png'}")
+    return 1 if failed else 0
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
@@ -168,7 +196,6 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .cluster import connect
     from .errors import ConfigError
     from .service.app import create_app
     from .service.config import ServiceConfig
@@ -182,9 +209,9 @@ def _cmd_service(args: argparse.Namespace) -> int:
         repository=args.repository, max_jobs_per_user=args.max_jobs_per_user,
         max_running=args.max_running, job_timeout=args.job_timeout,
     )  # fmt: skip
-    if args.scheduler in ("threads", "processes", "sync", "synchronous", "single-threaded"):
+    if (args.scheduler or args.global_cluster) in ("threads", "processes", "sync", "synchronous"):
         raise ConfigError(
-            "the service runs jobs on a distributed cluster: --scheduler local or tcp://HOST:PORT"
+            "the service runs jobs on a distributed cluster: local, htcondor, kubernetes or tcp://"
         )
     if config.insecure_dev:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
@@ -198,7 +225,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
     config.workdir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = JobStore(config.db_url)
-    with connect(args.scheduler, n_workers=args.workers) as client:
+    with _connect(args) as client:
         _announce(client, quiet=False)
         runner = Runner(config, store, Uploads(config.workdir / "uploads", 4 * config.max_upload), client)
         app = create_app(config, store, runner)
@@ -240,10 +267,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .cluster import connect
     from .serve.batch import predict_files
 
-    with connect(args.scheduler, n_workers=args.workers) as target:
+    with _connect(args) as target:
         written = predict_files(args.model, args.files, args.out, fmt=args.format, client=target)
     print(f"wrote {len(written)} {args.format} files of scores to {args.out}")
     return 0
@@ -258,15 +284,41 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect(args: argparse.Namespace) -> Any:
+    """The cluster the command asked for (its ``--cluster``, else the global one, else the config)."""
+    from .cluster import connect, load_cluster_config
+
+    config = getattr(args, "cluster_config", None) or args.global_cluster_config
+    if config:
+        load_cluster_config(config)
+    return connect(
+        getattr(args, "scheduler", None) or args.global_cluster,
+        n_workers=getattr(args, "workers", None),
+        threads_per_worker=getattr(args, "threads", None),
+        memory_limit=getattr(args, "memory_limit", None),
+    )
+
+
+_CLUSTER_HELP = (
+    "local (a LocalCluster, default), htcondor (dask-jobqueue), kubernetes (Dask operator), "
+    "tcp://HOST:PORT (a running scheduler), or threads, processes, sync"
+)
+
+
 def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--scheduler",
-        default="local",
-        help="threads, processes, sync, local (LocalCluster, default) or tcp://HOST:PORT",
+        "--cluster", "--scheduler", dest="scheduler", metavar="CLUSTER", default=None, help=_CLUSTER_HELP
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="LocalCluster workers (default: one per core)"
+        "--cluster-config",
+        metavar="YAML",
+        help="cluster settings (Dask config keys), e.g. cluster/htcondor.yaml",
     )
+    parser.add_argument("--workers", type=int, default=None, help="workers (default: one per core; adaptive)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="LocalCluster threads per worker (default 1)"
+    )
+    parser.add_argument("--memory-limit", default=None, help="LocalCluster memory per worker, e.g. 4GB")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -276,6 +328,10 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--cluster", dest="global_cluster", default=None, help=_CLUSTER_HELP)
+    parser.add_argument(
+        "--cluster-config", dest="global_cluster_config", metavar="YAML", help="cluster settings"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     specs = sub.add_parser("specs", help="compute the specs of ROOT inputs (one Dask pass)")
@@ -318,6 +374,15 @@ def _parser() -> argparse.ArgumentParser:
         )
         tr.set_defaults(run=_cmd_train)
 
+    camp = sub.add_parser("campaign", help="run several trainings (a list or a grid) on one cluster")
+    camp.add_argument("file", help="campaign.yaml (see configs/campaign.yaml)")
+    camp.add_argument("--out", help="output folder (default: the file's 'out')")
+    camp.add_argument(
+        "--log-progress", type=float, nargs="?", const=30.0, metavar="SECONDS", help="log progress"
+    )
+    _cluster_arguments(camp)
+    camp.set_defaults(run=_cmd_campaign)
+
     par = sub.add_parser("params", help="print params.json with defaults filled in, or its JSON schema")
     par.add_argument("file", nargs="?", help="params.json (default: all defaults)")
     par.add_argument("--schema", action="store_true", help="print the JSON schema instead")
@@ -332,12 +397,7 @@ def _parser() -> argparse.ArgumentParser:
     svc = sub.add_parser("service", help="run the submit service (HTTP, OIDC tokens, jobs on Dask)")
     svc.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     svc.add_argument("--port", type=int, default=8080, help="default: %(default)s")
-    svc.add_argument(
-        "--scheduler",
-        default="local",
-        help="local (a LocalCluster, default) or tcp://HOST:PORT of a scheduler",
-    )
-    svc.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
+    _cluster_arguments(svc)
     svc.add_argument(
         "--workdir", default="mlaas4hep-service", help="jobs, uploads, results (default: %(default)s)"
     )

@@ -1,8 +1,15 @@
 """Choose where Dask runs, and the one helper through which the pipeline computes.
 
-``scheduler`` is one of ``"threads"``, ``"processes"``, ``"sync"`` (Dask's local
-schedulers), ``"local"`` (a ``distributed.LocalCluster``), or a scheduler address
-(``tcp://host:8786``).
+``scheduler`` (the CLI's ``--cluster``) is one of ``"threads"``, ``"processes"``, ``"sync"``
+(Dask's local schedulers), ``"local"`` (a ``distributed.LocalCluster``), ``"htcondor"`` (an
+adaptive ``dask_jobqueue.HTCondorCluster``), ``"kubernetes"`` (a ``dask_kubernetes``
+operator ``KubeCluster``), or a scheduler address (``tcp://host:8786``).
+
+Cluster settings follow Dask's configuration conventions: a YAML file (``--cluster-config``,
+or any file in Dask's config path such as ``~/.config/dask/``) holding dask-jobqueue's
+``jobqueue.htcondor.*`` keys, dask-kubernetes' ``kubernetes.*`` keys, and ours under
+``mlaas4hep.cluster``: ``kind`` (the default target), ``workers``, ``threads``, ``memory``
+(``LocalCluster``) and ``adapt: {minimum, maximum}`` (batch and Kubernetes clusters).
 """
 
 from __future__ import annotations
@@ -10,13 +17,17 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dask
 
 from .errors import ConfigError
 
-__all__ = ["WORKER_ENVIRON", "compute", "connect", "local_cluster"]
+__all__ = ["CLUSTERS", "WORKER_ENVIRON", "compute", "connect", "load_cluster_config", "local_cluster"]
+
+#: The named targets of ``--cluster`` besides a ``tcp://`` address.
+CLUSTERS = ("local", "htcondor", "kubernetes", "threads", "processes", "sync")
 
 _LOCAL_SCHEDULERS = ("threads", "processes", "sync", "synchronous", "single-threaded")
 
@@ -29,7 +40,7 @@ WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": 2**30, "MALLOC_MMAP_THRESHOLD_": 2**
 
 
 def local_cluster(
-    n_workers: int | None = None, threads_per_worker: int = 1, memory_limit: str | None = None
+    n_workers: int | None = None, threads_per_worker: int | None = 1, memory_limit: str | None = None
 ) -> Any:
     """Start a ``distributed.LocalCluster`` of worker processes tuned for array work."""
     from distributed import LocalCluster
@@ -39,23 +50,72 @@ def local_cluster(
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         return LocalCluster(
             n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
+            threads_per_worker=threads_per_worker or 1,
             memory_limit=memory_limit or "auto",
             dashboard_address=":0",
         )
 
 
+def load_cluster_config(path: str | Path) -> dict[str, Any]:
+    """Read a cluster YAML file (Dask config conventions) and merge it into Dask's config.
+
+    Returns the file's content.  Errors name the file.
+    """
+    from .config import load_yaml_mapping
+
+    data = load_yaml_mapping(path, "cluster config")
+    # not expand_environment_variables: job-script lines keep their $VARIABLES for the worker's shell
+    dask.config.update(dask.config.config, data, priority="new")
+    return data
+
+
+def _adapt(cluster: Any, n_workers: int | None) -> None:
+    adapt = dask.config.get("mlaas4hep.cluster.adapt", None)
+    if adapt:
+        cluster.adapt(**adapt)
+    else:
+        cluster.scale(n_workers or dask.config.get("mlaas4hep.cluster.workers", None) or 1)
+
+
+def _optional(module: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = module.split(".")[0]
+        raise ConfigError(f"this cluster needs {package}: pip install 'mlaas4hep-dask[{extra}]'") from None
+
+
+def _start_cluster(kind: str, n_workers: int | None, threads: int | None, memory: str | None) -> Any:
+    """Start the cluster of ``kind`` from the Dask config (and the arguments, which take precedence)."""
+    if kind == "local":
+        return local_cluster(
+            n_workers or dask.config.get("mlaas4hep.cluster.workers", None),
+            threads or dask.config.get("mlaas4hep.cluster.threads", 1),
+            memory or dask.config.get("mlaas4hep.cluster.memory", None),
+        )
+    if kind == "htcondor":
+        cluster = _optional("dask_jobqueue", "htcondor").HTCondorCluster()
+    else:
+        operator = _optional("dask_kubernetes.operator", "kubernetes")
+        cluster = operator.KubeCluster(**dask.config.get("mlaas4hep.cluster.kubernetes", {}))
+    _adapt(cluster, n_workers)
+    return cluster
+
+
 @contextlib.contextmanager
 def connect(
-    scheduler: str = "local",
+    scheduler: str | None = "local",
     n_workers: int | None = None,
-    threads_per_worker: int = 1,
+    threads_per_worker: int | None = None,
     memory_limit: str | None = None,
 ) -> Iterator[Any]:
     """Yield what :func:`compute` needs to run on ``scheduler``: a Client or a scheduler name.
 
-    A ``LocalCluster`` is started (and shut down on exit) for ``"local"``; an existing
-    scheduler is connected to for an address.
+    A cluster is started (and shut down on exit) for ``"local"``, ``"htcondor"`` and
+    ``"kubernetes"``; an existing scheduler is connected to for an address.  ``None`` takes
+    ``mlaas4hep.cluster.kind`` from the Dask config (default ``"local"``).
 
     Examples
     --------
@@ -63,13 +123,15 @@ def connect(
     ...     compute([dask.delayed(sum)([1, 2])], target)
     [3]
     """
+    if scheduler is None:
+        scheduler = str(dask.config.get("mlaas4hep.cluster.kind", "local"))
     if scheduler in _LOCAL_SCHEDULERS:
         yield scheduler
         return
     from distributed import Client
 
-    if scheduler == "local":
-        cluster = local_cluster(n_workers, threads_per_worker, memory_limit)
+    if scheduler in ("local", "htcondor", "kubernetes"):
+        cluster = _start_cluster(scheduler, n_workers, threads_per_worker, memory_limit)
         try:
             with Client(cluster) as client:
                 yield client
@@ -78,7 +140,8 @@ def connect(
         return
     if "://" not in scheduler:
         raise ConfigError(
-            f"unknown scheduler {scheduler!r}: use threads, processes, sync, local or tcp://HOST:PORT"
+            f"unknown cluster {scheduler!r}: use local, htcondor, kubernetes, tcp://HOST:PORT, "
+            "threads, processes or sync"
         )
     try:
         client = Client(scheduler, timeout="10s")

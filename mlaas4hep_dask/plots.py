@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_plots"]
+__all__ = ["write_plots", "write_roc"]
 
 
 def _pyplot() -> Any:
@@ -47,20 +47,8 @@ def write_plots(
     written.append(_save(plt, fig, out / "training.png"))
 
     if task.kind == "binary":
-        from sklearn.metrics import roc_auc_score, roc_curve
-
-        fig, ax = plt.subplots(figsize=(5, 5))
-        for name, block in (("validation", val), ("test", test)):
-            if len(block.y) and len(np.unique(block.y)) == 2:
-                fpr, tpr, _ = roc_curve(block.y, block.X, sample_weight=block.w)
-                auc = roc_auc_score(block.y, block.X, sample_weight=block.w)
-                ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.legend(loc="lower right")
-        ax.set_title("ROC")
-        written.append(_save(plt, fig, out / "roc.png"))
+        curves = [(name, block.y, block.X, block.w) for name, block in (("validation", val), ("test", test))]
+        written.append(write_roc(out / "roc.png", curves, "ROC"))
 
     if task.kind in ("binary", "multiclass") and len(test.y):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -80,6 +68,25 @@ def write_plots(
         ax.set_title("scores on the test split")
         written.append(_save(plt, fig, out / "scores.png"))
     return written
+
+
+def write_roc(path: Path, curves: Sequence[tuple[str, Any, Any, Any]], title: str) -> Path:
+    """One ROC plot of ``(label, y, scores, weights)`` curves (each with its AUC); return its path."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, y, scores, w in curves:
+        if len(y) and len(np.unique(y)) == 2:
+            fpr, tpr, _ = roc_curve(y, scores, sample_weight=w)
+            auc = roc_auc_score(y, scores, sample_weight=w)
+            ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    return _save(plt, fig, path)
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:

@@ -47,7 +47,7 @@ def test_generate_then_specs(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         (["--files", "/nonexistent/x.root"], "input file '/nonexistent/x.root' does not exist"),
         (["--files", "nofiles.txt"], "files list 'nofiles.txt' does not exist"),
         (["--files", "GEN", "--params", "bad.json"], "bad.json' is not valid JSON"),
-        (["--files", "GEN", "--scheduler", "warp-drive"], "unknown scheduler 'warp-drive'"),
+        (["--files", "GEN", "--scheduler", "warp-drive"], "unknown cluster 'warp-drive'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

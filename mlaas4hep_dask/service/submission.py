@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from dask.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlaas4hep_dask.config import Params, load_labels
+from mlaas4hep_dask.config import Params, load_labels, parse_json
 from mlaas4hep_dask.errors import ConfigError, MLaaSError
 from mlaas4hep_dask.preprocess import load_preproc
 from mlaas4hep_dask.service.config import ServiceConfig
@@ -131,14 +131,10 @@ def _from_upload(upload: Path | None, field: str) -> str | None:
 
 
 def _json_file(text: str, what: str) -> Any:
-    import json
-
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SubmissionError(
-            f"{what} of the upload is not valid JSON: {err.msg} at line {err.lineno}"
-        ) from None
+        return parse_json(text, f"{what} of the upload")
+    except ConfigError as err:
+        raise SubmissionError(str(err)) from None
 
 
 def job_spec(sub: Submission, config: ServiceConfig, upload: Path | None) -> dict[str, Any]:

@@ -263,10 +263,19 @@ def train(
     shutil.copyfile(module.__file__ or model, run_dir / "model.py")
     write_bundle(run_dir, framework, model_file, train_loader, task, p, recipe)
     write_plots(run_dir, epochs, task, val_block, test_block)
+    _save_scores(run_dir / "test_scores.npz", test_block)
     for loader in loaders.values():
         loader.close()
     _log.info("run directory written: %s", run_dir)
     return Run(run_dir, framework, payload)
+
+
+def _save_scores(path: Path, block: Any) -> None:
+    """The test split's targets, scores and weights (for comparisons across runs, e.g. campaigns)."""
+    import numpy as np
+
+    extra = {"w": block.w} if block.w is not None else {}
+    np.savez_compressed(path, y=block.y if block.y is not None else np.zeros(0), score=block.X, **extra)
 
 
 def _scores(loader: BatchLoader, predict: Any) -> tuple[Any, Any, Any]:
