@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,15 @@ def run_measured(args: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 2**20
     return result
+
+
+def run_step(step: list[str], measure: Callable[[list[str], int, int, str], None]) -> None:
+    """Inside a measured subprocess: ``baseline FILES... CHUNK`` or ``KIND FILES... CHUNK WORKERS EXTRA``."""
+    kind, *rest = step
+    if kind == "baseline":
+        step_baseline(rest[:-1], int(rest[-1]))
+    else:
+        measure(rest[:-3], int(rest[-3]), int(rest[-2]), rest[-1])
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

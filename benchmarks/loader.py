@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_common_arguments, ensure_data, measure_baseline, run_measured, step_baseline
+from _common import add_common_arguments, ensure_data, measure_baseline, run_measured, run_step
 
 
 def step_loader(files: list[str], chunk_size: int, workers: int, specs_path: str) -> None:
@@ -50,11 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.step:
-        kind, *rest = args.step
-        if kind == "baseline":
-            step_baseline(rest[:-1], int(rest[-1]))
-        else:
-            step_loader(rest[:-3], int(rest[-3]), int(rest[-2]), rest[-1])
+        run_step(args.step, step_loader)
         return
 
     import mlaas4hep_dask as m

@@ -23,13 +23,13 @@ from _common import (
     ensure_data,
     measure_baseline,
     run_measured,
-    step_baseline,
+    run_step,
 )
 
 TREE = "events"
 
 
-def step_specs(files: list[str], chunk_size: int, workers: int, preproc: str | None) -> None:
+def step_specs(files: list[str], chunk_size: int, workers: int, preproc: str) -> None:
     from distributed import Client
 
     import mlaas4hep_dask as m
@@ -41,7 +41,7 @@ def step_specs(files: list[str], chunk_size: int, workers: int, preproc: str | N
     ):
         client.wait_for_workers(workers)
         start = time.perf_counter()
-        specs = m.compute_specs(files, {"chunk_size": chunk_size}, preproc=preproc, client=client)
+        specs = m.compute_specs(files, {"chunk_size": chunk_size}, preproc=preproc or None, client=client)
         seconds = time.perf_counter() - start
     read = specs.preproc["cutflow"][0]["events"] if specs.preproc else specs.nevents
     print(json.dumps({"events": read, "seconds": seconds}))
@@ -58,11 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.step:  # inside a measured subprocess
-        kind, *rest = args.step
-        if kind == "baseline":
-            step_baseline(rest[:-1], int(rest[-1]))
-        else:
-            step_specs(rest[:-3], int(rest[-3]), int(rest[-2]), rest[-1] or None)
+        run_step(args.step, step_specs)
         return
 
     me = str(Path(__file__).resolve())

@@ -175,7 +175,6 @@ def run_campaign(
     """Train every run of ``campaign`` on ``client``; write and return the summary rows."""
     import numpy as np
 
-    from mlaas4hep_dask.io import open_dataset
     from mlaas4hep_dask.plots import write_roc
     from mlaas4hep_dask.specs import compute_specs
     from mlaas4hep_dask.train import train
@@ -191,9 +190,7 @@ def run_campaign(
             key = _specs_key(run)
             if key not in specs_cache:
                 params = load_params(run.params)
-                specs_cache[key] = compute_specs(
-                    open_dataset(campaign.files, params), params, run.preproc, client=client
-                )
+                specs_cache[key] = compute_specs(campaign.files, params, run.preproc, client=client)
             result = train(
                 campaign.files, run.model, run.params, run.labels, run.preproc, specs=specs_cache[key],
                 out=campaign.out / run.name, client=client, log_every=log_every,

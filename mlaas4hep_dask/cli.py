@@ -227,7 +227,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
     store = JobStore(config.db_url)
     with _connect(args) as client:
         _announce(client, quiet=False)
-        runner = Runner(config, store, Uploads(config.workdir / "uploads", 4 * config.max_upload), client)
+        runner = Runner(config, store, Uploads.of(config), client)
         app = create_app(config, store, runner)
         print(
             f"submit service on http://{args.host}:{args.port} (OpenAPI page: /docs)",

@@ -21,6 +21,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _wait_for_port(
+    proc: subprocess.Popen[bytes], port: int, name: str, seconds: float, hint: str = ""
+) -> None:
+    """Wait until ``proc`` accepts connections on 127.0.0.1:``port``; raise if it exits or takes too long."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}{hint}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start within {seconds:.0f} s")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def xrootd_server(files: list[Path]) -> Iterator[str]:
     """Run ``xrootd`` on a free port serving ``files`` as ``/store/mc/NAME``; yield the base URL.
@@ -53,15 +68,7 @@ def xrootd_server(files: list[Path]) -> Iterator[str]:
         cmd[1:1] = ["-R", "daemon"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"xrootd exited with {proc.returncode}; see {logdir}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("xrootd did not start within 20 s")
-            time.sleep(0.1)
+        _wait_for_port(proc, port, "xrootd", 20, f"; see {logdir}")
         yield f"root://127.0.0.1:{port}//store/mc"
     finally:
         proc.terminate()
@@ -176,17 +183,9 @@ def postgres_server() -> Iterator[str]:
             [*prefix, postgres, "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(data)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"postgres exited with {proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("postgres did not start within 30 s")
-            time.sleep(0.1)
-        time.sleep(0.5)  # accepting connections a moment after the port opens
         try:
+            _wait_for_port(proc, port, "postgres", 30)
+            time.sleep(0.5)  # accepting connections a moment after the port opens
             yield f"postgresql://mlaas@127.0.0.1:{port}/postgres"
         finally:
             proc.terminate()

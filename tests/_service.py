@@ -119,8 +119,8 @@ def tarball(files: dict[str, str | bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def worker_pid_running(client: Any, key_prefix: str) -> int | None:
-    """The pid of the worker process that runs a task whose key starts with ``key_prefix``."""
+def worker_pid_running(client: Any, key_prefix: str = "") -> int | None:
+    """The pid of a worker process running a task whose key starts with ``key_prefix`` (any task: "")."""
     for address, keys in client.processing().items():
         if any(str(k).startswith(key_prefix) for k in keys):
             return int(client.run(os.getpid, workers=[address])[address])

@@ -24,6 +24,7 @@ from mlaas4hep_dask.generate import generate
 from mlaas4hep_dask.train import train
 
 from ._servers import free_port
+from ._service import worker_pid_running
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -147,16 +148,13 @@ def test_every_cluster_gives_the_same_specs_and_metrics(
 
 def _kill_a_busy_worker(client: Any, stop: threading.Event) -> list[int]:
     """Kill (SIGKILL) the first worker seen running a task; return its pid."""
-    killed: list[int] = []
-    while not stop.is_set() and not killed:
-        for address, keys in client.processing().items():
-            if keys:
-                pid = client.run(os.getpid, workers=[address])[address]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                break
+    while not stop.is_set():
+        pid = worker_pid_running(client)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            return [pid]
         time.sleep(0.05)
-    return killed
+    return []
 
 
 def test_a_worker_killed_during_specs_and_training_changes_nothing(

@@ -84,7 +84,7 @@ async def _read(request: Request, limit: int) -> bytes:
 def create_app(config: ServiceConfig, store: JobStore, runner: Runner | None) -> FastAPI:
     """The service; ``runner`` (started with the app) executes the jobs, ``None`` only queues them."""
     auth = Authenticator(config)
-    uploads = Uploads(config.workdir / "uploads", max_unpacked=4 * config.max_upload)
+    uploads = Uploads.of(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

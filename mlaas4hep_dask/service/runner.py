@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,8 +236,6 @@ class Runner:
         for job in self.store.jobs(states=["running"]):
             if job.id not in self._futures or job.started is None:
                 continue
-            from datetime import datetime
-
             elapsed = now - datetime.fromisoformat(job.started).timestamp()
             if elapsed > job.spec["timeout"] + _GRACE:
                 self._signal_cancel(job.id)

@@ -12,6 +12,7 @@ from typing import IO, Any
 
 from mlaas4hep_dask._tarball import UnsafeArchiveError, unpack
 from mlaas4hep_dask.errors import SchemaError
+from mlaas4hep_dask.service.config import ServiceConfig
 from mlaas4hep_dask.service.submission import NAME_PATTERN, SubmissionError
 
 __all__ = ["UploadNotFoundError", "Uploads"]
@@ -28,6 +29,11 @@ class Uploads:
         self.root = root
         self.max_unpacked = max_unpacked
         self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def of(cls, config: ServiceConfig) -> Uploads:
+        """The uploads of the service of ``config``: in its work dir, at most 4x an upload unpacked."""
+        return cls(config.workdir / "uploads", max_unpacked=4 * config.max_upload)
 
     def _home(self, user: str) -> Path:
         # user names are e-mail addresses, DNs, subjects...: never used as paths themselves
