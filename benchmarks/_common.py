@@ -36,16 +36,28 @@ def branches_of(files: list[Path] | list[str]) -> list[str]:
     return list(open_dataset([str(f) for f in files]).branches)
 
 
-def step_baseline(files: list[str], chunk_size: int, tree: str = "events") -> None:
-    """Plain ``uproot.iterate`` over the same branches in this process; prints one JSON line."""
+def step_baseline(files: list[str], chunk_size: int, zlib: str, passes: int, tree: str = "events") -> None:
+    """Plain ``uproot.iterate`` over the same branches in this process; prints one JSON line.
+
+    ``zlib`` is the library uproot inflates with: ``"zlib"`` is uproot's default, ``"isal"``
+    what our pipeline uses (importing it switches uproot to ISA-L, so set it after).  With
+    several ``passes``, ``seconds`` is the last one's (steady state) and ``first_seconds`` the
+    first's.
+    """
     import uproot
 
+    from mlaas4hep_dask._inflate import zlib_library
+
     branches = branches_of(files)
-    start = time.perf_counter()
-    events = 0
-    for chunk in uproot.iterate(dict.fromkeys(files, tree), branches, step_size=chunk_size, library="ak"):
-        events += len(chunk)
-    print(json.dumps({"events": events, "seconds": time.perf_counter() - start}))
+    zlib_library(zlib)
+    times = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        events = 0
+        for chunk in uproot.iterate(dict.fromkeys(files, tree), branches, step_size=chunk_size, library="ak"):
+            events += len(chunk)
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"events": events, "seconds": times[-1], "first_seconds": times[0]}))
 
 
 def compressed_bytes(files: list[Path], tree: str, branches: list[str]) -> int:
@@ -93,10 +105,11 @@ def run_measured(args: list[str]) -> dict[str, Any]:
 
 
 def run_step(step: list[str], measure: Callable[[list[str], int, int, str], None]) -> None:
-    """Inside a measured subprocess: ``baseline FILES... CHUNK`` or ``KIND FILES... CHUNK WORKERS EXTRA``."""
+    """In a measured subprocess: ``baseline ZLIB PASSES FILES... CHUNK``, or
+    ``KIND FILES... CHUNK WORKERS EXTRA``."""
     kind, *rest = step
     if kind == "baseline":
-        step_baseline(rest[:-1], int(rest[-1]))
+        step_baseline(rest[2:-1], int(rest[-1]), rest[0], int(rest[1]))
     else:
         measure(rest[:-3], int(rest[-3]), int(rest[-2]), rest[-1])
 
@@ -111,7 +124,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-output"))
 
 
-def measure_baseline(script: str, files: list[str], chunk_size: int) -> tuple[dict[str, Any], float]:
-    """Run the ``uproot.iterate`` baseline of ``script`` in a fresh process: result and events/s."""
-    base = run_measured([script, "--step", "baseline", *files, str(chunk_size)])
+def measure_baseline(
+    script: str, files: list[str], chunk_size: int, zlib: str = "zlib", passes: int = 1
+) -> tuple[dict[str, Any], float]:
+    """Run the ``uproot.iterate`` baseline of ``script`` in a fresh process: result and events/s.
+
+    ``zlib="zlib"`` is plain uproot (its default inflater); ``"isal"`` inflates as we do.  The
+    rate is the last of ``passes``.
+    """
+    base = run_measured([script, "--step", "baseline", zlib, str(passes), *files, str(chunk_size)])
     return base, base["events"] / base["seconds"]

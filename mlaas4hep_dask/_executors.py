@@ -6,6 +6,8 @@ Each executor has ``submit(task) -> handle``, ``result(handle)`` and ``close()``
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import socket
 from typing import Any
 
 from .cluster import compute, local_cluster
@@ -46,7 +48,14 @@ class _Threads:
 
 
 class Distributed:
-    """Futures on a ``distributed`` cluster; the data stay on the workers until fetched."""
+    """Futures on a ``distributed`` cluster; the data stay on the workers until fetched.
+
+    Results are fetched straight from the workers when they run on this machine (or the
+    Client was made with ``direct_to_workers=True``): by default a Client asks the scheduler,
+    which relays every byte, and for a loader that doubles the traffic and loads the
+    scheduler.  Remote workers are left to the scheduler unless asked, since a client outside
+    a batch farm often cannot reach them.
+    """
 
     def __init__(self, client: Any, owned: Any = None) -> None:
         self.client = client
@@ -56,12 +65,38 @@ class Distributed:
         return self.client.compute(task)
 
     def result(self, handle: Any) -> Any:
-        return handle.result()
+        return self.client.gather(handle, direct=self._direct())
+
+    def _direct(self) -> bool:
+        if self.client.direct_to_workers is not None:
+            return bool(self.client.direct_to_workers)
+        workers = self.client.scheduler_info().get("workers", {})
+        return bool(workers) and all(_on_this_machine(address) for address in workers)
 
     def close(self) -> None:
         if self.owned is not None:
             self.client.close()
             self.owned.close()
+
+
+@functools.cache
+def _local_hosts() -> frozenset[str]:
+    import psutil
+
+    hosts = {"localhost", socket.gethostname()}
+    for addresses in psutil.net_if_addrs().values():
+        ips = (a.address for a in addresses if a.family in (socket.AF_INET, socket.AF_INET6))
+        hosts.update(ip.split("%")[0] for ip in ips)
+    return frozenset(hosts)
+
+
+def _on_this_machine(address: str) -> bool:
+    from distributed.comm import get_address_host
+
+    try:
+        return get_address_host(address) in _local_hosts()
+    except ValueError:  # not a host:port address (inproc://, ucx://...)
+        return address.startswith("inproc://")
 
 
 def executor(client: Any) -> Any:

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import difflib
 import glob
-import itertools
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ import uproot
 
 from ._apportion import apportion
 from ._branches import Branch, classify, select_branches
+from ._inflate import zlib_library
 from .config import Params, load_params, read_file_list
 from .errors import (
     ConfigError,
@@ -46,6 +46,8 @@ from .errors import (
 )
 
 __all__ = ["Dataset", "InputFile", "open_dataset", "resolve_path"]
+
+zlib_library()  # every process that reads (client and workers) inflates with ISA-L
 
 _REMOTE = ("root://", "http://", "https://")
 _OPEN_TIMEOUT = 30
@@ -119,7 +121,6 @@ class Dataset:
         >>> arr.npartitions == len(dataset.partitions)  # doctest: +SKIP
         True
         """
-        import dask_awkward as dak
 
         columns = list(self.branches) if columns is None else list(columns)
         unknown = [c for c in columns if c not in self.available]
@@ -128,22 +129,18 @@ class Dataset:
         steps: dict[int, list[list[int]]] = {}
         for ifile, start, stop in self.partitions:
             steps.setdefault(ifile, []).append([start, stop])
-        arrays = []
-        for handler, group in itertools.groupby(
-            steps, key=lambda i: _handler(self.files[i].url, self.params)
-        ):
-            spec = {self.files[i].url: {"object_path": self.files[i].tree, "steps": steps[i]} for i in group}
-            arrays.append(
-                uproot.dask(
-                    spec,
-                    filter_name=[glob.escape(c) for c in columns],
-                    full_paths=True,
-                    open_files=False,
-                    handler=handler,
-                    timeout=_OPEN_TIMEOUT,
-                )
-            )
-        return arrays[0] if len(arrays) == 1 else dak.concatenate(arrays)
+        spec = {self.files[i].url: {"object_path": self.files[i].tree, "steps": s} for i, s in steps.items()}
+        # one source class for all the files: dask-awkward loses columns when it concatenates
+        # arrays read with different ones, so mixed local and remote inputs use uproot's default
+        handlers = {_handler(f.url, self.params) for f in self.files}
+        return uproot.dask(
+            spec,
+            filter_name=[glob.escape(c) for c in columns],
+            full_paths=True,
+            open_files=False,
+            handler=handlers.pop() if len(handlers) == 1 else None,
+            timeout=_OPEN_TIMEOUT,
+        )
 
 
 def resolve_path(entry: str, redirector: str = "") -> str:
@@ -171,6 +168,8 @@ def resolve_path(entry: str, redirector: str = "") -> str:
 def _handler(url: str, params: Params) -> type | None:
     if url.startswith("root://") and params.xrootd_handler == "xrootd":
         return uproot.source.xrootd.XRootDSource
+    if not url.startswith(_REMOTE):
+        return uproot.source.file.MemmapSource  # 10-20 % faster than uproot's fsspec default
     return None
 
 
@@ -268,6 +267,15 @@ def _partitions(files: Sequence[InputFile], params: Params) -> tuple[tuple[int, 
     return tuple(out)
 
 
+def _check_unique(files: Sequence[InputFile]) -> None:
+    """Refuse a file given twice: its events would be read (and trained on) twice."""
+    seen: dict[str, int] = {}
+    for i, f in enumerate(files):
+        if f.url in seen:
+            raise InputError(f"input file {f.path!r} is listed twice (entries {seen[f.url] + 1} and {i + 1})")
+        seen[f.url] = i
+
+
 def open_dataset(
     files: str | Path | Sequence[str | Path] | Dataset,
     params: Params | Mapping[str, Any] | str | Path | None = None,
@@ -317,6 +325,7 @@ def open_dataset(
     for other in inspected[1:]:
         _check_same_schema(inspected[0], other, selected)
     input_files = tuple(f for f, _ in inspected)
+    _check_unique(input_files)
     return Dataset(
         files=input_files,
         branches=selected,

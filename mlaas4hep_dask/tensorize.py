@@ -116,59 +116,41 @@ class Layout:
         array([[1., 1., 2.],
                [2., 0., 0.]], dtype=float32)
         """
+        from ._kernels import fill_rows, mend_rows
+
         n = len(record)
-        out = np.empty((n, self.idim), dtype=np.float32)
-        flat_out = out.reshape(-1)  # a view: scattering by flat index is far faster than 2-D
-        nonfinite = np.zeros(n, dtype=bool) if self.drop_nonfinite else None
-        for i, name in enumerate(self.flat):
-            out[:, i] = self._clean(self._normalize(name, ak.to_numpy(record[name])), nonfinite, None)
-        column = len(self.flat)
-        count_column = column + sum(slots for _, slots in self.jagged)
-        for name, slots in self.jagged:
-            values = record[name]
-            counts = ak.to_numpy(ak.num(values, axis=1))
-            out[:, column : column + slots] = self.pad_value
-            if slots and len(counts):
-                content = self._normalize(name, ak.to_numpy(ak.flatten(values, axis=1)))
-                # flat position of item j of event i: i * idim + column + (j - start_i)
-                base = np.arange(column, n * self.idim + column, self.idim, dtype=np.int64)
-                base -= np.cumsum(counts) - counts
-                target = np.repeat(base, counts)
-                target += np.arange(len(content), dtype=np.int64)
-                kept = counts
-                if counts.max() > slots:  # clip: keep the first `slots` items of each event
-                    inside = (target - np.repeat(np.arange(n) * self.idim + column, counts)) < slots
-                    target, content = target[inside], content[inside]
-                    kept = np.minimum(counts, slots)
-                rows = None if nonfinite is None else np.repeat(np.arange(n), kept)
-                flat_out[target] = self._clean(content, nonfinite, rows)
-            if self.counts:
-                out[:, count_column] = counts / max(slots, 1)
-                count_column += 1
-            column += slots
-        if nonfinite is not None and nonfinite.any():
-            keep = ~nonfinite
-            return out[keep], keep
-        return out, None
-
-    def _clean(self, values: np.ndarray, nonfinite: np.ndarray | None, rows: np.ndarray | None) -> np.ndarray:
-        """Replace NaN/inf by ``nan_value``, or mark their events (``rows``; ``None``: one per event)."""
-        bad = ~np.isfinite(values)
-        if not bad.any():
-            return values
-        if nonfinite is not None:
-            nonfinite[bad if rows is None else rows[bad]] = True
-            return values
-        values = values.copy()
-        values[bad] = self.nan_value
-        return values
-
-    def _normalize(self, name: str, values: np.ndarray) -> np.ndarray:
-        out = np.subtract(values, self.shift[name], dtype=np.float32)  # one pass to a new float32
-        if self.scale[name] != 1.0:
+        flat = np.empty((n, len(self.flat)), dtype=np.float32)
+        for c, name in enumerate(self.flat):
             with np.errstate(all="ignore"):
-                out *= np.float32(1.0 / self.scale[name])
-        return out
+                np.subtract(ak.to_numpy(record[name]), self.shift[name], out=flat[:, c], dtype=np.float32)
+                flat[:, c] *= np.float32(1.0 / self.scale[name])
+        names = [name for name, _ in self.jagged]
+        lists = [_lists(record[name]) for name in names]
+        slots = np.array([slots for _, slots in self.jagged], dtype=np.int64)
+        # every branch's items as float32 in one array, with room to read a whole row's slots
+        values = np.empty(sum(len(content) for _, _, content in lists) + slots.max(initial=0), np.float32)
+        starts = np.empty((n, len(lists)), dtype=np.int64)
+        stops = np.empty((n, len(lists)), dtype=np.int64)
+        at = 0
+        for b, (first, last, content) in enumerate(lists):
+            values[at : at + len(content)] = content
+            np.add(first, at, out=starts[:, b])
+            np.add(last, at, out=stops[:, b])
+            at += len(content)
+        values[at:] = 0.0
+        shift = np.array([self.shift[name] for name in names], dtype=np.float32)
+        inv_scale = np.array([1.0 / self.scale[name] for name in names], dtype=np.float32)
+        out = np.empty((n, self.idim), dtype=np.float32)
+        args = (np.float32(self.pad_value), self.counts)
+        if fill_rows(out, flat, slots, shift, inv_scale, starts, stops, values, *args):
+            return out, None
+        nonfinite = np.zeros(n, dtype=bool)
+        mend = (self.drop_nonfinite, np.float32(self.nan_value), nonfinite)
+        mend_rows(out, len(self.flat), slots, starts, stops, *mend)
+        if not nonfinite.any():
+            return out, None
+        keep = ~nonfinite
+        return out[keep], keep
 
 
 def split_codes(
@@ -242,6 +224,25 @@ class Block:
                 out.w[where] = b.w
             at += len(b)
         return out
+
+
+def _lists(values: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``starts``, ``stops`` and ``content`` of a list-of-numbers array, without copying the content.
+
+    Lists as uproot reads them (and as cuts leave them) are viewed as they are; any other
+    layout is flattened first, a missing list counting as empty and a missing item as NaN.
+    """
+    layout = ak.to_layout(values)
+    if (
+        isinstance(layout, (ak.contents.ListOffsetArray, ak.contents.ListArray))
+        and isinstance(layout.content, ak.contents.NumpyArray)
+        and layout.content.data.ndim == 1
+    ):
+        return np.asarray(layout.starts.data), np.asarray(layout.stops.data), np.asarray(layout.content.data)
+    values = ak.fill_none(ak.fill_none(values, [], axis=0), np.nan, axis=-1)
+    counts = ak.to_numpy(ak.num(values, axis=1))
+    stops = np.cumsum(counts)
+    return stops - counts, stops, ak.to_numpy(ak.flatten(values, axis=1))
 
 
 def _take(values: np.ndarray | None, index: Any) -> np.ndarray | None:

@@ -18,6 +18,12 @@ def test_missing_local_file(tmp_path: Path) -> None:
     assert isinstance(info.value, FileNotFoundError)
 
 
+def test_file_listed_twice(generated: list[Path]) -> None:
+    again = f"{generated[0].parent}/./{generated[0].name}"  # the same file, spelled differently
+    with pytest.raises(m.InputError, match=r"ttH_0\.root' is listed twice \(entries 1 and 3\)"):
+        m.compute_specs([generated[0], generated[1], again], client="sync")
+
+
 @pytest.mark.parametrize("content", [b"hello, not ROOT", b"\x89PNG" + b"\0" * 5000])
 def test_not_a_root_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "fake.root"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import mlaas4hep_dask as m
@@ -75,3 +76,16 @@ def test_http_missing_file(http_url: str) -> None:
 def test_mixed_local_and_remote_inputs(generated: list[Path], http_url: str) -> None:
     mixed = [generated[0], f"{http_url}/{generated[1].name}"]
     _same(m.compute_specs(mixed, client="sync"), m.compute_specs(generated, client="sync"))
+
+
+@pytest.mark.xrootd
+def test_mixed_local_and_xrootd_inputs_train_batches(generated: list[Path], xrootd_url: str) -> None:
+    mixed = [f"{xrootd_url}/{generated[0].name}", generated[1]]
+    params = {"split": 0.0, "shuffle": False, "batch_size": 100_000}
+    specs = m.compute_specs(generated, params, client="sync")
+    mixed_specs = m.compute_specs(mixed, params, client="sync")
+    _same(mixed_specs, specs)
+    (X, _), *rest = m.BatchLoader(mixed, mixed_specs, params, labels=[1, 0], client="sync")
+    (expected, _), *_ = m.BatchLoader(generated, specs, params, labels=[1, 0], client="sync")
+    assert not rest
+    np.testing.assert_array_equal(X, expected)

@@ -144,6 +144,39 @@ def test_same_split_on_one_and_two_workers(three: list[Path]) -> None:
             assert sorted(_ids(_loader(three, "test", client=client))) == reference
 
 
+def _scheduler_gathers(dask_scheduler: object) -> int:
+    """Count the scheduler's relays of data to clients (run on the scheduler)."""
+    handlers = dask_scheduler.handlers  # type: ignore[attr-defined]
+    if not hasattr(dask_scheduler, "relayed"):
+        dask_scheduler.relayed = 0  # type: ignore[attr-defined]
+        relay = handlers["gather"]
+
+        async def counting(*args: object, **kwargs: object) -> object:
+            dask_scheduler.relayed += 1  # type: ignore[attr-defined]
+            return await relay(*args, **kwargs)
+
+        handlers["gather"] = counting
+    return dask_scheduler.relayed  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_batches_come_straight_from_workers_on_this_machine(three: list[Path]) -> None:
+    from distributed import Client
+
+    from mlaas4hep_dask._executors import _on_this_machine
+    from mlaas4hep_dask.cluster import local_cluster
+
+    reference = sorted(_ids(_loader(three, "validation", client="sync")))
+    with local_cluster(2) as cluster:
+        for direct, relayed in ((None, False), (False, True)):
+            with Client(cluster, direct_to_workers=direct) as client:
+                before = client.run_on_scheduler(_scheduler_gathers)
+                assert sorted(_ids(_loader(three, "validation", client=client))) == reference
+                assert (client.run_on_scheduler(_scheduler_gathers) > before) is relayed
+    assert not _on_this_machine("tcp://203.0.113.77:8786")  # a worker elsewhere goes through the scheduler
+
+
 @pytest.mark.slow
 def test_memory_does_not_grow_with_the_data(tmp_path: Path) -> None:
     peaks = []

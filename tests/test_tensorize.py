@@ -153,3 +153,66 @@ def test_layout_from_original_specs(tmp_path: Path) -> None:
     X, keep = layout.transform(ak.Array({"a": [2.0], "v": [[3.0, 5.0, 9.0]]}))
     assert keep is None
     np.testing.assert_allclose(X, [[0.5, 0.5, 1.0]])
+
+
+def _padded(values: ak.Array, slots: int, shift: float, scale: float, pad: float, nan: float) -> np.ndarray:
+    """What ``Layout.transform`` must give for one jagged branch, computed with awkward alone."""
+    normalized = (ak.values_astype(values, np.float32) - np.float32(shift)) * np.float32(1 / scale)
+    regular = ak.to_numpy(ak.fill_none(ak.pad_none(normalized, slots, clip=True), pad)).astype(np.float32)
+    real = ak.to_numpy(ak.fill_none(ak.pad_none(ak.ones_like(values, dtype=bool), slots, clip=True), False))
+    return np.where(real & ~np.isfinite(regular), np.float32(nan), regular)
+
+
+_LISTS = ak.Array([[1.5, 3.0, 2.0, 7.0], [], [5.0], [np.inf, 4.0], [3.0, 1.0, -2.0]])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param(_LISTS, id="list-offset-float64"),
+        pytest.param(_LISTS[[4, 0, 0, 3, 1]], id="list-array-from-a-carry"),
+        pytest.param(_LISTS[ak.Array([True, False, True, True, True])], id="list-array-from-a-cut"),
+        pytest.param(ak.values_astype(ak.Array([[1, 3, 2, 7], [], [5]]), np.int32), id="int32-content"),
+        pytest.param(ak.Array([[True, False], [], [True]]), id="bool-content"),
+        pytest.param(
+            ak.Array(
+                ak.contents.ListOffsetArray(
+                    ak.index.Index32(np.array([0, 2, 2, 5], dtype=np.int32)),
+                    ak.contents.NumpyArray(np.array([1, 2, 3, 4, 5], dtype=np.float32)),
+                )
+            ),
+            id="int32-offsets",
+        ),
+    ],
+)
+@pytest.mark.parametrize("slots", [0, 2, 6])
+def test_transform_matches_awkward_padding(values: ak.Array, slots: int) -> None:
+    shift, scale, pad, nan = 1.0, 4.0, -1.0, -9.0
+    layout = Layout(("a",), (("v", slots),), True, {"a": 0.0, "v": shift}, {"a": 1.0, "v": scale}, pad, nan)
+    n = len(values)
+    X, keep = layout.transform(ak.zip({"a": np.arange(n, dtype=np.float64), "v": values}, depth_limit=1))
+    assert keep is None
+    assert X.dtype == np.float32
+    assert X.shape == (n, 1 + slots + 1)
+    np.testing.assert_array_equal(X[:, 0], np.arange(n))
+    expected = _padded(values, slots, shift, scale, pad, nan)
+    np.testing.assert_array_equal(X[:, 1 : 1 + slots], expected.reshape(n, slots))
+    np.testing.assert_array_equal(X[:, -1], (ak.to_numpy(ak.num(values)) / max(slots, 1)).astype(np.float32))
+
+
+def test_transform_missing_lists_are_empty_and_missing_items_follow_the_nan_policy() -> None:
+    layout = Layout((), (("v", 3),), True, {"v": 0.0}, {"v": 1.0}, pad_value=-1.0, nan_value=-9.0)
+    values = ak.Array([[1.0, None, 3.0], None, [2.0]])
+    X, keep = layout.transform(ak.zip({"v": values}, depth_limit=1))
+    assert keep is None
+    expected = [[1.0, -9.0, 3.0, 1.0], [-1.0, -1.0, -1.0, 0.0], [2.0, -1.0, -1.0, 1 / 3]]
+    np.testing.assert_array_equal(X, np.array(expected, dtype=np.float32))
+
+
+def test_transform_drops_events_with_nonfinite_values_in_the_kept_slots() -> None:
+    layout = Layout((), (("v", 2),), False, {"v": 0.0}, {"v": 1.0}, drop_nonfinite=True)
+    values = ak.Array([[1.0, np.nan], [2.0, 3.0, np.inf], [np.inf], []])
+    X, keep = layout.transform(ak.zip({"v": values}, depth_limit=1))
+    # the inf of event 1 lies past the two slots and is clipped away: the event stays
+    np.testing.assert_array_equal(keep, [False, True, False, True])
+    np.testing.assert_array_equal(X, [[2.0, 3.0], [0.0, 0.0]])
