@@ -4,8 +4,9 @@ Usage: ``python benchmarks/scaling.py [--events 1000000] [--workers 1 2 4]``
 
 Each point runs in a fresh process (``benchmarks/specs.py`` and ``benchmarks/loader.py``
 steps; the loader's second epoch is timed); the baseline is plain ``uproot.iterate``
-(Python's ``zlib``) on the same branches in one process, measured in the same run.  Prints the table and writes ``scaling.json`` and ``scaling.png``
-(events/s and speed-up over 1 worker, with the ideal line) into ``--out``.
+(Python's ``zlib``) on the same branches in one process, measured in the same run.  Prints
+the table and writes ``scaling.json`` and ``scaling.png`` (events/s and speed-up over 1
+worker, with the ideal line) into ``--out``.
 """
 
 from __future__ import annotations

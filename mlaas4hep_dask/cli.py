@@ -191,9 +191,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_service(args: argparse.Namespace) -> int:
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names (an IP or a resolvable name) is a loopback one."""
     import ipaddress
+    import socket
 
+    from .errors import ConfigError
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        raise ConfigError(f"--host {host!r}: no such host") from None
+    return all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+
+
+def _cmd_service(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .errors import ConfigError
@@ -214,9 +230,11 @@ def _cmd_service(args: argparse.Namespace) -> int:
             "the service runs jobs on a distributed cluster: local, htcondor, kubernetes or tcp://"
         )
     if config.insecure_dev:
-        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
-        if not loopback:
-            raise ConfigError("--insecure-dev serves only on a loopback address (127.0.0.1), for local use")
+        if not _is_loopback(args.host):
+            raise ConfigError(
+                f"--insecure-dev serves only on a loopback address (127.0.0.1), for local use; "
+                f"--host {args.host!r} is not one"
+            )
         print(
             "mlaas4hep: WARNING: --insecure-dev: NO AUTHENTICATION, every caller is user 'dev'. "
             "Never expose this service.",

@@ -130,10 +130,12 @@ def connect(
         return
     from distributed import Client
 
+    # None: the loader decides (straight from workers on this machine, else via the scheduler)
+    direct = dask.config.get("mlaas4hep.cluster.direct-to-workers", None)
     if scheduler in ("local", "htcondor", "kubernetes"):
         cluster = _start_cluster(scheduler, n_workers, threads_per_worker, memory_limit)
         try:
-            with Client(cluster) as client:
+            with Client(cluster, direct_to_workers=direct) as client:
                 yield client
         finally:
             cluster.close()
@@ -144,7 +146,7 @@ def connect(
             "threads, processes or sync"
         )
     try:
-        client = Client(scheduler, timeout="10s")
+        client = Client(scheduler, timeout="10s", direct_to_workers=direct)
     except OSError as err:
         raise ConfigError(f"cannot connect to Dask scheduler {scheduler!r}: {err}") from None
     with client:

@@ -113,3 +113,22 @@ def test_bad_preproc_is_one_line(
         "mlaas4hep: error: preproc new_branch 'x' def: unknown branch 'partonEE'; nearest: 'partonE'"
     )
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("0.0.0.0", "--host '0.0.0.0' is not one"),
+        ("192.0.2.1", "--host '192.0.2.1' is not one"),
+        ("no-such-host.invalid", "--host 'no-such-host.invalid': no such host"),
+    ],
+)
+def test_insecure_dev_service_refuses_a_host_that_is_not_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str, message: str
+) -> None:
+    args = ["service", "--insecure-dev", "--host", host, "--workdir", str(tmp_path / "work")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlaas4hep: error: ")
+    assert message in err
+    assert "Traceback" not in err

@@ -159,7 +159,17 @@ def test_a_local_cluster_config_sets_workers_and_threads(clean_config: None, tmp
     config = tmp_path / "local.yaml"
     config.write_text(
         yaml.safe_dump(
-            {"mlaas4hep": {"cluster": {"kind": "local", "workers": 2, "threads": 2, "memory": "1GB"}}}
+            {
+                "mlaas4hep": {
+                    "cluster": {
+                        "kind": "local",
+                        "workers": 2,
+                        "threads": 2,
+                        "memory": "1GB",
+                        "direct-to-workers": False,
+                    }
+                }
+            }
         )
     )
     load_cluster_config(config)
@@ -167,6 +177,9 @@ def test_a_local_cluster_config_sets_workers_and_threads(clean_config: None, tmp
         workers = client.scheduler_info()["workers"].values()
         assert [w["nthreads"] for w in workers] == [2, 2]
         assert {w["memory_limit"] for w in workers} == {10**9}
+        assert client.direct_to_workers is False
+        with connect(client.scheduler.address) as by_address:
+            assert by_address.direct_to_workers is False
     assert yaml.safe_load((CLUSTER / "local.yaml").read_text())["mlaas4hep"]["cluster"]["kind"] == "local"
 
 

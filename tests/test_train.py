@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", ["keras", "torch", "xgboost", "sklearn"])
-def test_each_framework_learns_and_writes_a_run(data: list[Path], tmp_path: Path, framework: str) -> None:
+def test_each_framework_learns_and_writes_a_run(
+    data: list[Path], tmp_path: Path, framework: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="mlaas4hep_dask")
     run = train(
         data,
         MODELS / f"{framework}_model.py",
@@ -38,8 +42,13 @@ def test_each_framework_learns_and_writes_a_run(data: list[Path], tmp_path: Path
         labels=[1, 0, 1, 0],
         out=tmp_path / "run",
         client="threads",
+        log_every=0.0,
     )
     assert run.framework == framework
+    # the progress lines (which the submit service parses) end at exactly 100 %
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: training")]
+    done, total = re.match(r"progress: training (\d+)/(\d+) events", progress[-1]).groups()  # type: ignore[union-attr]
+    assert int(done) == int(total) > 0
     final = run.metrics["final"]
     assert final["val_auc"] > WORKING_AUC
     assert final["test_auc"] > WORKING_AUC

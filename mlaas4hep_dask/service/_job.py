@@ -100,6 +100,7 @@ def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[
         cmd += _write_inputs(folder, spec, extra)
         cmd += ["--out", "run", "--scheduler", worker.scheduler.address, "--log-progress", "2", "-q"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env["DASK_MLAAS4HEP__CLUSTER__DIRECT_TO_WORKERS"] = "true"  # a worker reaches the other workers
         emit(line=f"[service] running on worker {worker.address} (scheduler {worker.scheduler.address})")
         emit(progress=0.0, phase="starting")
         start = time.monotonic()

@@ -107,7 +107,7 @@ def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
             evals_result=history,
             verbose_eval=False,
         )
-    how.on_batch(len(train) * rounds)
+    how.on_batch(len(train))  # events trained, as the total counts them (not event-rounds)
     loss_name = booster_params["eval_metric"][0]
     val = history.get("validation", {})
     for i, value in enumerate(history["train"][loss_name]):
