@@ -50,14 +50,22 @@ def step_baseline(files: list[str], chunk_size: int, zlib: str, passes: int, tre
 
     branches = branches_of(files)
     zlib_library(zlib)
+
+    def one_pass() -> int:
+        chunks = uproot.iterate(dict.fromkeys(files, tree), branches, step_size=chunk_size, library="ak")
+        return sum(len(chunk) for chunk in chunks)
+
+    print(json.dumps(timed_passes(passes, one_pass)))
+
+
+def timed_passes(passes: int, one_pass: Callable[[], int]) -> dict[str, Any]:
+    """Run ``one_pass`` (which returns its events) ``passes`` times; time the last and the first."""
     times = []
     for _ in range(passes):
         start = time.perf_counter()
-        events = 0
-        for chunk in uproot.iterate(dict.fromkeys(files, tree), branches, step_size=chunk_size, library="ak"):
-            events += len(chunk)
+        events = one_pass()
         times.append(time.perf_counter() - start)
-    print(json.dumps({"events": events, "seconds": times[-1], "first_seconds": times[0]}))
+    return {"events": events, "seconds": times[-1], "first_seconds": times[0]}
 
 
 def compressed_bytes(files: list[Path], tree: str, branches: list[str]) -> int:

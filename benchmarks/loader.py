@@ -16,12 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import add_common_arguments, ensure_data, measure_baseline, run_measured, run_step
+from _common import (
+    add_common_arguments,
+    ensure_data,
+    measure_baseline,
+    run_measured,
+    run_step,
+    timed_passes,
+)
 
 
 def step_loader(files: list[str], chunk_size: int, workers: int, extra: str) -> None:
@@ -37,17 +43,10 @@ def step_loader(files: list[str], chunk_size: int, workers: int, extra: str) -> 
         Client(cluster) as client,
     ):
         client.wait_for_workers(workers)
-        specs_path, epochs = extra.split(":")
+        specs_path, epochs = extra.rsplit(":", 1)
         loader = BatchLoader(files, specs_path, params, labels=labels, client=client)
-        times = []
-        for _ in range(int(epochs)):
-            start = time.perf_counter()
-            events = 0
-            for X, _ in loader:
-                events += len(X)
-            times.append(time.perf_counter() - start)
-    result = {"events": events, "seconds": times[-1], "first_seconds": times[0], "idim": loader.idim}
-    print(json.dumps(result))
+        result = timed_passes(int(epochs), lambda: sum(len(X) for X, _ in loader))
+    print(json.dumps({**result, "idim": loader.idim}))
 
 
 def main() -> None:

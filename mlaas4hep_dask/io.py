@@ -121,7 +121,6 @@ class Dataset:
         >>> arr.npartitions == len(dataset.partitions)  # doctest: +SKIP
         True
         """
-
         columns = list(self.branches) if columns is None else list(columns)
         unknown = [c for c in columns if c not in self.available]
         if unknown:
