@@ -35,6 +35,7 @@ import uproot
 from ._apportion import apportion
 from ._branches import Branch, classify, select_branches
 from ._inflate import zlib_library
+from ._partitions import BasketLayout, basket_layout, file_partitions
 from .config import Params, load_params, read_file_list
 from .errors import (
     ConfigError,
@@ -55,12 +56,13 @@ _OPEN_TIMEOUT = 30
 
 @dataclasses.dataclass(frozen=True)
 class InputFile:
-    """One input file: as given, as opened, its tree and number of entries."""
+    """One input file: as given, as opened, its tree, number of entries and basket layout."""
 
     path: str
     url: str
     tree: str
     entries: int
+    baskets: Mapping[str, BasketLayout] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +80,13 @@ class Dataset:
     skipped
         Selected branches that cannot be used, with the reason.
     partitions
-        ``(file index, first entry, stop entry)`` of each Dask partition, in order.
+        ``(file index, first entry, stop entry)`` of each Dask partition, in order; their
+        edges lie on the basket boundaries of the ``aligned`` branches (see
+        :meth:`with_step`).
     params
         The run parameters.
+    aligned
+        The branches whose baskets the partitions are aligned to.
     """
 
     files: tuple[InputFile, ...]
@@ -89,6 +95,7 @@ class Dataset:
     skipped: Mapping[str, str]
     partitions: tuple[tuple[int, int, int], ...]
     params: Params
+    aligned: tuple[str, ...] = ()
 
     def delayed_partitions(self, columns: Sequence[str] | None = None) -> list[Any]:
         """One ``dask.delayed`` awkward array per partition (in :attr:`partitions` order), lazily.
@@ -99,10 +106,26 @@ class Dataset:
 
         return list(dak.to_delayed(self.to_dask(columns)))
 
-    def with_step(self, step: int) -> Dataset:
-        """The same inputs cut into partitions of ``step`` entries (``-1``: one per file)."""
+    def with_step(self, step: int, columns: Sequence[str] | None = None) -> Dataset:
+        """The same inputs cut into partitions of about ``step`` entries (``-1``: one per file).
+
+        The edges lie on basket boundaries common to ``columns`` (default: the branches the
+        partitions are aligned to now), so a pass that reads those columns inflates every
+        basket once; a basket longer than ``step`` makes a longer partition.
+
+        Examples
+        --------
+        >>> aligned = dataset.with_step(50_000, ["MET", "jet_pt"])  # doctest: +SKIP
+        """
+        aligned = self.aligned if columns is None else tuple(columns)
         params = dataclasses.replace(self.params, chunk_size=step)
-        return dataclasses.replace(self, partitions=_partitions(self.files, params))
+        return dataclasses.replace(self, partitions=_partitions(self.files, params, aligned), aligned=aligned)
+
+    def aligned_to(self, columns: Sequence[str]) -> Dataset:
+        """The same partitioning step, with edges on the basket boundaries of ``columns``."""
+        if tuple(columns) == self.aligned:
+            return self
+        return self.with_step(self.params.chunk_size, columns)
 
     @property
     def nevents(self) -> int:
@@ -233,7 +256,12 @@ def _inspect(path: str, params: Params) -> tuple[InputFile, dict[str, Branch | s
         if info is not None:
             classified[name] = info
     tree_path = ttree.object_path.lstrip("/").split(";")[0]
-    return InputFile(path, url, tree_path, int(ttree.num_entries)), classified
+    baskets = {
+        name: layout
+        for name, info in classified.items()
+        if isinstance(info, Branch) and (layout := basket_layout(ttree[name])) is not None
+    }
+    return InputFile(path, url, tree_path, int(ttree.num_entries), baskets), classified
 
 
 def _check_same_schema(
@@ -255,15 +283,17 @@ def _check_same_schema(
         )
 
 
-def _partitions(files: Sequence[InputFile], params: Params) -> tuple[tuple[int, int, int], ...]:
+def _partitions(
+    files: Sequence[InputFile], params: Params, columns: Sequence[str]
+) -> tuple[tuple[int, int, int], ...]:
     entries = [f.entries for f in files]
     if params.nevts != -1 and params.nevts < sum(entries):
         entries = apportion(entries, params.nevts)
-    out: list[tuple[int, int, int]] = []
-    for ifile, n in enumerate(entries):
-        step = n if params.chunk_size == -1 else params.chunk_size
-        out.extend((ifile, start, min(start + step, n)) for start in range(0, n, max(step, 1)))
-    return tuple(out)
+    return tuple(
+        (ifile, start, stop)
+        for ifile, (f, n) in enumerate(zip(files, entries, strict=True))
+        for start, stop in file_partitions(f.baskets, columns, n, params.chunk_size)
+    )
 
 
 def _check_unique(files: Sequence[InputFile]) -> None:
@@ -325,11 +355,14 @@ def open_dataset(
         _check_same_schema(inspected[0], other, selected)
     input_files = tuple(f for f, _ in inspected)
     _check_unique(input_files)
+    extras = [b for b in (params.label_branch, params.weight_branch) if b in available and b not in selected]
+    aligned = (*selected, *extras)
     return Dataset(
         files=input_files,
         branches=selected,
         available=available,
         skipped=skipped,
-        partitions=_partitions(input_files, params),
+        partitions=_partitions(input_files, params, aligned),
         params=params,
+        aligned=aligned,
     )

@@ -227,6 +227,7 @@ def build_specs_graph(dataset: Dataset, plan: Plan | None = None) -> Any:
     import dask
 
     plan = make_plan(None, dataset.available, dataset.branches) if plan is None else plan
+    dataset = dataset.aligned_to(plan.columns)
     per_partition = dask.delayed(_DescribePartition(plan), pure=True)
     reduce = dask.delayed(combine, pure=True)
     parts = [

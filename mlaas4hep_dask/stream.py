@@ -183,9 +183,10 @@ class BatchLoader:
         self.specs = specs if isinstance(specs, Specs) else Specs.load(specs)
         recipe = load_preproc(preproc)
         dataset = open_dataset(files, self.params)
-        self.dataset = dataset.with_step(_partition_step(self.params.chunk_size, len(dataset.files)))
         extras = [b for b in (self.params.label_branch, self.params.weight_branch) if b]
-        self.plan = make_plan(recipe, self.dataset.available, self.dataset.branches, extras)
+        self.plan = make_plan(recipe, dataset.available, dataset.branches, extras)
+        step = _partition_step(self.params.chunk_size, len(dataset.files))
+        self.dataset = dataset.with_step(step, self.plan.columns)
         _check_specs(self.specs, self.plan, recipe, self.dataset)
         if labels is not None and self.params.label_branch is not None:
             raise ConfigError("give either labels (labels.txt) or 'label_branch' in params, not both")

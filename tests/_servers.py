@@ -111,6 +111,59 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
         return None
 
 
+class ByteCounter:
+    """Bytes a :func:`counting_proxy` relayed from the server to its clients."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.sent += n
+
+
+@contextlib.contextmanager
+def counting_proxy(port: int) -> Iterator[tuple[int, ByteCounter]]:
+    """A TCP relay on 127.0.0.1 in front of the server on ``port``; yields its port and byte counter."""
+    counter = ByteCounter()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def pump(src: socket.socket, dst: socket.socket, count: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 16):
+                if count:
+                    counter.add(len(data))
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            upstream = socket.create_connection(("127.0.0.1", port))
+            threading.Thread(target=pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, True), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], counter
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        listener.close()
+
+
 @contextlib.contextmanager
 def http_server(directory: Path) -> Iterator[str]:
     """Serve ``directory`` on 127.0.0.1 over HTTP; yield the base URL."""

@@ -42,7 +42,7 @@ def real_file(name: str) -> Path:
 def generated(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two small generated files (signal, background) of 3000 events each."""
     out = tmp_path_factory.mktemp("generated")
-    return generate(out, events=3000, files=1, seed=7)
+    return generate(out, events=3000, files=1, seed=7, basket=500)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import mlaas4hep_dask as m
+from mlaas4hep_dask.generate import generate
 from mlaas4hep_dask.io import open_dataset
 from mlaas4hep_dask.specs import build_specs_graph
 
@@ -69,8 +70,8 @@ def test_partitions_follow_chunk_size_and_nevts(generated: list[Path]) -> None:
     assert sorted(f.nevents for f in specs.files) == [1250, 1251]
 
 
-def test_graph_stays_small(generated: list[Path]) -> None:
-    ds = open_dataset(generated, {"chunk_size": 100})
+def test_graph_stays_small(tmp_path: Path) -> None:
+    ds = open_dataset(generate(tmp_path, events=3000, files=1, seed=7, basket=100), {"chunk_size": 100})
     graph = build_specs_graph(ds).__dask_graph__()
     nparts = len(ds.partitions)
     assert nparts == 60

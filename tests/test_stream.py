@@ -20,8 +20,8 @@ from ._reference import read_all
 def three(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Three files of different sizes (3000, 3000, 1200 events)."""
     out = tmp_path_factory.mktemp("three")
-    files = generate(out / "a", events=3000, files=1, seed=3)
-    files += generate(out / "b", events=1200, files=1, seed=4)[:1]
+    files = generate(out / "a", events=3000, files=1, seed=3, basket=500)
+    files += generate(out / "b", events=1200, files=1, seed=4, basket=400)[:1]
     return files
 
 

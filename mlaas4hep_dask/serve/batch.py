@@ -130,6 +130,7 @@ def predict_files(
         raise ConfigError(f"the inputs lack branches the model reads: {missing[:5]}")
     selected = {n: dataset.available[n] for n in bundle.manifest["selected"]}
     plan = make_plan(bundle.preproc, dataset.available, selected)
+    dataset = dataset.aligned_to(plan.columns)
     if list(plan.columns) != list(bundle.plan.columns):
         raise ConfigError("the inputs' branches do not match the ones the model was trained on")
     Path(out).mkdir(parents=True, exist_ok=True)
