@@ -51,6 +51,7 @@ _TRAINING_ONLY = {
     "max_fit_events",
     "prefetch",
     "hist",
+    "trainers",
 }
 
 

@@ -112,8 +112,18 @@ def _announce(target: Any, quiet: bool) -> None:
         print(f"Dask dashboard: {link}", flush=True)
 
 
+def _trainers(value: str) -> int | str:
+    if value == "all" or (value.isdigit() and int(value) >= 1):
+        return value if value == "all" else int(value)
+    raise argparse.ArgumentTypeError(f"a positive number or 'all', not {value!r}")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
     from .train import train
+
+    if args.resume is None and (args.files is None or args.model is None):
+        raise ConfigError("train needs --files and --model (or --resume RUN_DIR)")
 
     if args.log_progress is not None:
         logging.basicConfig(
@@ -124,7 +134,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run = train(
             args.files, args.model, params=args.params, labels=args.labels, preproc=args.preproc,
             specs=args.specs, out=args.out, client=target, device=args.device,
-            progress=not args.quiet, log_every=args.log_progress,
+            progress=not args.quiet, log_every=args.log_progress, trainers=args.trainers, resume=args.resume,
         )  # fmt: skip
     final = run.metrics["final"]
     shown = ", ".join(
@@ -368,15 +378,24 @@ def _parser() -> argparse.ArgumentParser:
             if name == "train"
             else "alias of train",
         )
-        tr.add_argument("--files", required=True, help="files.txt, or a comma-separated list of paths/URLs")
+        tr.add_argument("--files", help="files.txt, or a comma-separated list of paths/URLs")
         tr.add_argument("--labels", help="labels.txt (one label per file), or a comma-separated list")
-        tr.add_argument("--model", required=True, help="model.py defining model(idim)")
+        tr.add_argument("--model", help="model.py defining model(idim)")
         tr.add_argument("--params", help="params.json")
         tr.add_argument("--preproc", help="preproc.json")
         tr.add_argument("--specs", help="reuse this specs file (checked against the data)")
         tr.add_argument("--out", "--fout", dest="out", help="run directory (default runs/<model>-<time>)")
         tr.add_argument(
             "--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: a GPU if present"
+        )
+        tr.add_argument(
+            "--trainers",
+            type=_trainers,
+            help="data-parallel PyTorch/Keras trainers on N Dask workers, or 'all' (default: params.json's "
+            "'trainers', else 1: the client trains); for XGBoost its number of workers",
+        )
+        tr.add_argument(
+            "--resume", metavar="RUN_DIR", help="continue a stopped training from its last checkpoint"
         )
         tr.add_argument("--dtype", help=argparse.SUPPRESS)  # original flag: features are always float32
         _cluster_arguments(tr)

@@ -85,6 +85,11 @@ class Params:
     max_fit_events
         Largest training set given at once to a scikit-learn estimator without
         ``partial_fit`` (which cannot stream).
+    trainers
+        ``N > 1`` puts data-parallel PyTorch or Keras trainers on ``N`` Dask workers
+        (``"all"``: one per worker, or per GPU worker), each reading its own share of the data;
+        ``null`` (default) or ``1`` trains them in the client process.  For XGBoost, the number
+        of workers it trains on (default: all).
     seed
         Seed for everything random (generation, shuffling, splits).
     verbose
@@ -115,6 +120,7 @@ class Params:
     prefetch: int = 2
     learning_rate: float = 1e-3
     max_fit_events: int = 2_000_000
+    trainers: int | str | None = None
     seed: int = 42
     verbose: int = 1
 
@@ -137,6 +143,10 @@ class Params:
                 raise ConfigError(f"params: {key!r} must be one of {allowed}, not {getattr(self, key)!r}")
         if self.max_jagged is not None and self.max_jagged < 0:
             raise ConfigError(f"params: 'max_jagged' must be >= 0 or null, not {self.max_jagged!r}")
+        if self.trainers not in (None, "all") and (
+            isinstance(self.trainers, bool) or not isinstance(self.trainers, int) or self.trainers < 1
+        ):
+            raise ConfigError(f"params: 'trainers' must be a positive number or 'all', not {self.trainers!r}")
         if self.prefetch < 0:
             raise ConfigError(f"params: 'prefetch' must be >= 0, not {self.prefetch!r}")
         if self.xrootd_handler not in ("xrootd", "fsspec"):
@@ -191,6 +201,8 @@ class Params:
             if isinstance(default, tuple):
                 prop: dict[str, Any] = {"type": ["array", "string"], "items": {"type": "string"}}
                 default = list(default)
+            elif f.name == "trainers":
+                prop = {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "all"}, {"type": "null"}]}
             elif default is None:
                 prop = {"type": ["integer", "null"] if f.name == "max_jagged" else ["string", "null"]}
             else:
@@ -225,6 +237,12 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
     if name in ("tree", "label_branch", "weight_branch"):
         if value is None or isinstance(value, str):
             return value
+        raise bad
+    if name == "trainers":
+        if value is None or value == "all" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
         raise bad
     if name == "max_jagged":
         if value is None or (isinstance(value, int) and not isinstance(value, bool)):

@@ -12,7 +12,8 @@ exception it refines, so ``except FileNotFoundError`` keeps working::
     │   └── RemoteInputError(ConnectionError)       an XRootD/HTTP server does not answer
     ├── SchemaError(KeyError)               unknown tree or branch, unsupported branch type,
     │                                       files whose branches differ
-    └── SpecsError(ValueError)              a specs file that cannot be read or used
+    ├── SpecsError(ValueError)              a specs file that cannot be read or used
+    └── TrainingError(RuntimeError)         data-parallel trainers failed or a worker was lost
 
 The CLI prints ``str(error)`` on one line and exits with code 2.
 """
@@ -29,6 +30,7 @@ __all__ = [
     "RemoteInputError",
     "SchemaError",
     "SpecsError",
+    "TrainingError",
 ]
 
 
@@ -70,3 +72,14 @@ class SchemaError(MLaaSError, KeyError):
 
 class SpecsError(MLaaSError, ValueError):
     """A specs file cannot be read, or does not fit the data it is used with."""
+
+
+class TrainingError(MLaaSError, RuntimeError):
+    """Training on the workers failed: a trainer's error, or a worker lost beyond recovery.
+
+    ``peer`` is true when a trainer failed only because another one was lost.
+    """
+
+    def __init__(self, message: str, peer: bool = False) -> None:
+        super().__init__(message, peer)
+        self.peer = peer

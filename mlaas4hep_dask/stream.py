@@ -15,6 +15,14 @@ How an epoch is put together:
    whatever the size of the data set.
 4. Each chunk is shuffled (seeded by seed and epoch) and cut into batches of ``batch_size``;
    the remainder of a chunk starts the next batch, so only the last batch of an epoch is short.
+
+Data-parallel trainers (:meth:`BatchLoader.shards`) each get a :class:`Shard`: of every file,
+the events ``[n_f r / N, n_f (r+1) / N)`` of the split for rank ``r`` of ``N`` (so each rank's
+chunks keep the class balance of the whole set), shuffled by (seed, epoch, rank).  A step's
+``batch_size`` is split over the ranks (``b = ceil(batch_size / N)`` each), and all ranks run
+the same number of steps ``S = ceil(max_r n_r / b)``: rank ``r`` cuts its ``n_r``
+events into ``S`` batches whose sizes differ by at most one event.  No event is dropped or
+repeated, and no rank waits in a collective for one that ran out.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from .preprocess import Plan, Preproc, load_preproc, make_plan
 from .specs import Specs
 from .tensorize import Block, Layout, Tensorize, split_codes
 
-__all__ = ["BatchLoader", "Piece", "plan_chunks"]
+__all__ = ["BatchLoader", "Piece", "Shard", "deal", "plan_chunks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +93,78 @@ def plan_chunks(counts: Sequence[int], files: Sequence[int], chunk_size: int) ->
                 if a < b:
                     chunks[k].append(Piece(p, int(a - starts[i]), int(b - starts[i])))
     return chunks
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One data-parallel trainer's share of a split.
+
+    Attributes
+    ----------
+    rank, world
+        This trainer and the number of trainers.
+    pieces
+        Events ``[lo, hi)`` (in split order) of partitions, in partition order.
+    counts
+        Events of the split in every partition (all ranks'), so that no rank counts again.
+    steps
+        Batches per epoch, the same on every rank.
+    """
+
+    rank: int
+    world: int
+    pieces: tuple[Piece, ...]
+    counts: tuple[int, ...]
+    steps: int
+
+    def __len__(self) -> int:
+        return sum(p.hi - p.lo for p in self.pieces)
+
+
+def deal(counts: Sequence[int], files: Sequence[int], world: int, batch_size: int) -> list[Shard]:
+    """Deal a split's events to ``world`` trainers: of every file, a contiguous equal share each.
+
+    Examples
+    --------
+    >>> a, b = deal([6, 4, 10], [0, 0, 1], 2, batch_size=4)
+    >>> [(p.partition, p.lo, p.hi) for p in a.pieces], [(p.partition, p.lo, p.hi) for p in b.pieces]
+    ([(0, 0, 5), (2, 0, 5)], [(0, 5, 6), (1, 0, 4), (2, 5, 10)])
+    >>> a.steps, len(a), len(b)
+    (3, 10, 10)
+    """
+    if world < 1:
+        raise ConfigError(f"the number of trainers must be at least 1, not {world}")
+    by_file: dict[int, list[int]] = {}
+    for p, f in enumerate(files):
+        by_file.setdefault(f, []).append(p)
+    shares: list[list[Piece]] = [[] for _ in range(world)]
+    for parts in by_file.values():
+        n = sum(counts[p] for p in parts)
+        starts = np.cumsum([0] + [counts[p] for p in parts])
+        for r in range(world):
+            lo, hi = n * r // world, n * (r + 1) // world
+            for i, p in enumerate(parts):
+                a, b = max(lo, starts[i]), min(hi, starts[i + 1])
+                if a < b:
+                    shares[r].append(Piece(p, int(a - starts[i]), int(b - starts[i])))
+    for share in shares:
+        share.sort(key=lambda piece: piece.partition)
+    sizes = [sum(p.hi - p.lo for p in share) for share in shares]
+    steps = math.ceil(max(sizes) / batch_size) if sum(sizes) else 0
+    if min(sizes) < steps:
+        raise ConfigError(
+            f"{sum(sizes)} events are too few for {world} trainers at batch_size {batch_size}: "
+            "use fewer trainers"
+        )
+    return [Shard(r, world, tuple(share), tuple(counts), steps) for r, share in enumerate(shares)]
+
+
+def _batch_sizes(n: int, batch_size: int, steps: int | None) -> Iterator[int]:
+    """Sizes of an epoch's batches: ``batch_size`` and a short last one, or ``steps`` even ones."""
+    if steps is None:
+        yield from [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+    else:
+        yield from (n * (i + 1) // steps - n * i // steps for i in range(steps))
 
 
 _MIN_STEP = 20_000
@@ -159,6 +239,8 @@ class BatchLoader:
     client
         A ``distributed.Client``, ``"threads"``, ``"processes"`` (a private LocalCluster),
         ``"sync"``, or ``None`` (the current distributed client, else threads).
+    shard
+        Only this data-parallel trainer's share of the split (see :meth:`shards`).
 
     Examples
     --------
@@ -178,10 +260,11 @@ class BatchLoader:
         labels: str | Path | Sequence[float] | None = None,
         split: str = "train",
         client: Any = None,
+        shard: Shard | None = None,
     ) -> None:
         self.params = load_params(params)
         self.specs = specs if isinstance(specs, Specs) else Specs.load(specs)
-        recipe = load_preproc(preproc)
+        self.recipe = recipe = load_preproc(preproc)
         dataset = open_dataset(files, self.params)
         extras = [b for b in (self.params.label_branch, self.params.weight_branch) if b]
         self.plan = make_plan(recipe, dataset.available, dataset.branches, extras)
@@ -196,7 +279,10 @@ class BatchLoader:
         self._tensorize = Tensorize(self.plan, self.layout, self.params, split, self.labels)
         self._executor = executor(client)
         self._finalizer = weakref.finalize(self, self._executor.close)
-        self._counts: list[int] | None = None
+        self.shard = shard
+        self._counts: list[int] | None = None if shard is None else list(shard.counts)
+        if shard is not None and len(shard.counts) != len(self.dataset.partitions):
+            raise ConfigError("the shard was dealt from other partitions of these inputs")
         self._tasks: list[Any] | None = None
         self.epoch = 0
 
@@ -212,7 +298,16 @@ class BatchLoader:
 
     def __len__(self) -> int:
         """Events one epoch yields."""
-        return sum(self.counts)
+        return sum(self.counts) if self.shard is None else len(self.shard)
+
+    def shards(self, world: int) -> list[Shard]:
+        """This split dealt to ``world`` data-parallel trainers (see :func:`deal`).
+
+        ``batch_size`` stays the batch of one optimizer step: each trainer takes
+        ``ceil(batch_size / world)`` events of it, so N trainers follow the path of one.
+        """
+        files = [f for f, _, _ in self.dataset.partitions]
+        return deal(self.counts, files, world, math.ceil(self.params.batch_size / world))
 
     @property
     def counts(self) -> list[int]:
@@ -265,7 +360,23 @@ class BatchLoader:
     def chunks(self) -> list[list[Piece]]:
         """The chunk composition of an epoch (the same every epoch)."""
         files = [f for f, _, _ in self.dataset.partitions]
-        return plan_chunks(self.counts, files, self.params.chunk_size)
+        if self.shard is None:
+            return plan_chunks(self.counts, files, self.params.chunk_size)
+        pieces = self.shard.pieces
+        planned = plan_chunks(
+            [p.hi - p.lo for p in pieces], [files[p.partition] for p in pieces], self.params.chunk_size
+        )
+        return [
+            [
+                Piece(
+                    pieces[q.partition].partition,
+                    pieces[q.partition].lo + q.lo,
+                    pieces[q.partition].lo + q.hi,
+                )
+                for q in chunk
+            ]
+            for chunk in planned
+        ]
 
     def iter_chunks(self, shuffle: bool | None = None) -> Iterator[Block]:
         """One epoch as chunks (each a :class:`~mlaas4hep_dask.tensorize.Block`).
@@ -280,7 +391,8 @@ class BatchLoader:
         for k, chunk in enumerate(chunks):
             for piece in chunk:
                 last_use[piece.partition] = k
-        rng = np.random.default_rng([self.params.seed, self.epoch])
+        seed = [self.params.seed, self.epoch] + ([self.shard.rank] if self.shard else [])
+        rng = np.random.default_rng(seed)
         self.epoch += 1
         pending: dict[int, Any] = {}
         ready: dict[int, Block] = {}
@@ -303,24 +415,21 @@ class BatchLoader:
             yield Block.concatenate(blocks, order)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
-        size = self.params.batch_size
-        carry: Block | None = None  # the start of a batch that continues in the next chunk
+        steps = None if self.shard is None else self.shard.steps
+        sizes = _batch_sizes(len(self), self.params.batch_size, steps)
+        size = next(sizes, 0)
+        parts: list[Block] = []  # the start of a batch that continues in the next chunk
+        have = 0
         for chunk in self.iter_chunks():
             start = 0
-            if carry is not None:
-                start = min(size - len(carry), len(chunk))
-                carry = Block.concatenate([carry, chunk.take(slice(0, start))])
-                if len(carry) < size:
-                    continue
-                yield self._batch(carry)
-                carry = None
-            stop = start + (len(chunk) - start) // size * size
-            for first in range(start, stop, size):
-                yield self._batch(chunk.take(slice(first, first + size)))
-            if stop < len(chunk):
-                carry = chunk.take(slice(stop, None))
-        if carry is not None and len(carry):
-            yield self._batch(carry)
+            while start < len(chunk) and size:
+                take = min(size - have, len(chunk) - start)
+                parts.append(chunk.take(slice(start, start + take)))
+                have += take
+                start += take
+                if have == size:
+                    yield self._batch(parts[0] if len(parts) == 1 else Block.concatenate(parts))
+                    parts, have, size = [], 0, next(sizes, 0)
 
     def torch(self, device: str | None = None) -> Iterator[tuple[Any, ...]]:
         """One epoch of batches as ``torch.Tensor`` (sharing memory with NumPy; moved to ``device``).

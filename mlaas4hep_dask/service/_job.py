@@ -57,6 +57,8 @@ def _write_inputs(folder: Path, spec: dict[str, Any], extra: dict[str, bytes]) -
         args += ["--preproc", "preproc.json"]
     if spec.get("resources", {}).get("gpu"):
         args += ["--device", "cuda"]
+    if spec.get("resources", {}).get("trainers") is not None:
+        args += ["--trainers", str(spec["resources"]["trainers"])]
     return args
 
 

@@ -316,6 +316,11 @@ def _check_capacity(resources: dict[str, Any], capacity: dict[str, Any]) -> None
         raise SubmissionError(
             f"resources.workers: the cluster has {capacity['workers']} workers, not {resources['workers']}"
         )
+    trainers = resources.get("trainers")
+    if isinstance(trainers, int) and trainers > capacity["workers"]:
+        raise SubmissionError(
+            f"resources.trainers: the cluster has {capacity['workers']} workers, not {trainers}"
+        )
     if resources.get("memory") and parse_bytes(resources["memory"]) > capacity["memory"] > 0:
         raise SubmissionError(
             f"resources.memory: the largest worker has {capacity['memory'] / 2**30:.1f} GiB, "

@@ -47,6 +47,10 @@ class Resources(BaseModel):
     workers: Annotated[int, Field(ge=1)] | None = None
     memory: Annotated[str | None, Field(description="memory per worker, e.g. '4GB'")] = None
     gpu: bool = False
+    trainers: Annotated[
+        Annotated[int, Field(ge=1)] | Literal["all"] | None,
+        Field(description="data-parallel PyTorch/Keras trainers on the workers (or XGBoost's workers)"),
+    ] = None
     timeout: Annotated[float | None, Field(gt=0, description="seconds; capped by the service")] = None
 
     @field_validator("memory")

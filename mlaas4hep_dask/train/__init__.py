@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mlaas4hep_dask._executors import Distributed
 from mlaas4hep_dask.config import Params, load_params
 from mlaas4hep_dask.errors import ConfigError
 from mlaas4hep_dask.io import open_dataset
@@ -26,8 +27,9 @@ from mlaas4hep_dask.preprocess import Preproc, load_preproc
 from mlaas4hep_dask.specs import Specs, compute_specs
 from mlaas4hep_dask.stream import BatchLoader
 
-from ._common import Fitting, Task, collect, metrics, task_of
+from ._common import Fitting, Task, Waited, collect, metrics, task_of
 from ._model_file import ModelFileError, build_model, detect_framework, load_model_file
+from ._parallel import Reports, train_on_workers
 
 __all__ = [
     "FRAMEWORKS",
@@ -138,8 +140,8 @@ def _write_metrics(run_dir: Path, payload: Mapping[str, Any]) -> None:
 
 
 def train(
-    files: str | Path | Sequence[str | Path],
-    model: str | Path,
+    files: str | Path | Sequence[str | Path] | None,
+    model: str | Path | None,
     params: Params | Mapping[str, Any] | str | Path | None = None,
     labels: str | Path | Sequence[float] | None = None,
     preproc: Preproc | Mapping[str, Any] | str | Path | None = None,
@@ -149,15 +151,18 @@ def train(
     device: str = "auto",
     progress: bool = False,
     log_every: float | None = None,
+    trainers: int | str | None = None,
+    resume: str | Path | None = None,
+    on_workers: bool | None = None,
 ) -> Run:
     """Train ``model.py`` on ROOT inputs and write a run directory.
 
     Parameters
     ----------
     files
-        ``files.txt``, comma list, or list of paths/URLs.
+        ``files.txt``, comma list, or list of paths/URLs (``None`` with ``resume``).
     model
-        Path of ``model.py``.
+        Path of ``model.py`` (``None`` with ``resume``).
     params, labels, preproc
         As for :class:`~mlaas4hep_dask.BatchLoader`.
     specs
@@ -173,6 +178,14 @@ def train(
     log_every
         Instead of a bar, log the phases and a progress line (events, events/s, ETA) every
         ``log_every`` seconds to the ``mlaas4hep_dask`` logger (for batch jobs and the service).
+    trainers
+        Data-parallel trainers on the Dask workers (default: ``params.trainers``); see
+        :class:`~mlaas4hep_dask.config.Params`.
+    resume
+        A run directory whose training stopped: continue from its last checkpoint with the
+        inputs recorded in its ``run.json`` (``files``, ``model`` and the rest are not given).
+    on_workers
+        Train on the workers even with one trainer (default: when ``trainers > 1``).
 
     Returns
     -------
@@ -187,11 +200,34 @@ def train(
     from mlaas4hep_dask.bundle import write_bundle
     from mlaas4hep_dask.plots import write_plots
 
+    from ._checkpoint import read_checkpoint, read_record, write_checkpoint, write_record
+
+    start_point = None
+    if resume is not None:
+        if (
+            files is not None
+            or model is not None
+            or params is not None
+            or labels is not None
+            or preproc is not None
+        ):
+            raise ConfigError("--resume takes the inputs recorded in the run directory: give no other inputs")
+        run_dir = Path(resume)
+        record = read_record(run_dir)
+        start_point = read_checkpoint(run_dir)
+        files, model, params = record.files, run_dir / "model.py", record.params
+        labels, preproc, specs, device = record.labels, record.preproc, run_dir / "specs.json", record.device
+        trainers = record.trainers if trainers is None else trainers
+        _log.info("resuming %s after epoch %d", run_dir, start_point.epoch)
+    if files is None or model is None:
+        raise ConfigError("training needs --files and --model (or --resume RUN_DIR)")
     p = load_params(params)
     recipe = load_preproc(preproc)
     module = load_model_file(model)
-    run_dir = Path(out) if out else Path("runs") / f"{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        run_dir = Path(out) if out else Path("runs") / f"{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+    n_trainers = p.trainers if trainers is None else trainers
     dataset = open_dataset(files, p)  # the files' metadata are read once, for all that follows
     _log.info("opened %d input files (%d entries)", len(dataset.files), sum(f.entries for f in dataset.files))
     if specs is None:
@@ -215,18 +251,35 @@ def train(
         )
     label_dtype = train_loader.plan.extras[p.label_branch].dtype if p.label_branch else None
     task = task_of(train_loader.labels, label_dtype)
-    framework, net = build_model(module, train_loader.idim)
+    framework, net = build_model(module, train_loader.idim, p.seed)
     be = backend(framework)
-    dev = _device(framework, device)
+    parallel = _parallel(framework, n_trainers, on_workers, module, train_loader)
+    if start_point is not None and framework not in ("torch", "keras"):
+        raise ConfigError(f"--resume: {framework} runs are not checkpointed; train again")
+    if resume is None:
+        shutil.copyfile(module.__file__ or model, run_dir / "model.py")
+        paths = [f.path for f in dataset.files]
+        write_record(run_dir, paths, train_loader.labels, p, recipe, n_trainers, device)
+    dev = device if parallel else _device(framework, device)
 
-    epochs: list[dict[str, Any]] = []
+    epochs: list[dict[str, Any]] = list(start_point.rows) if start_point else []
 
     def predict(X: Any) -> Any:
         return be.predict(net, X, task)
 
+    def add_row(row: dict[str, Any]) -> None:
+        epochs.append(row)
+        if framework == "xgboost":
+            return  # a row per boosting round: metrics.csv has them, the log does not need them
+        _log.info(
+            "epoch %d: %s",
+            row["epoch"],
+            ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
+        )
+
     def on_epoch(epoch: int, loss: float, reported: Mapping[str, Any] | None = None) -> None:
         val = dict(reported) if reported else metrics(task, *_scores(loaders["validation"], predict))
-        epochs.append(
+        add_row(
             {
                 "epoch": epoch,
                 "loss": loss,
@@ -235,32 +288,73 @@ def train(
             }
         )
 
-    total = len(train_loader) * (p.epochs if framework != "xgboost" else 1)
-    _log.info("training a %s model on %s: %d events", framework, dev, total)
+    def checkpoint(epoch: int, state: bytes) -> None:
+        write_checkpoint(run_dir, epoch, state, epochs)
+
+    done = start_point.epoch if start_point else 0
+    total = len(train_loader) * (p.epochs - done if framework != "xgboost" else 1)
+    where = f"{n_trainers} trainers on the workers" if parallel else dev
+    _log.info("training a %s model on %s: %d events", framework, where, total)
     bar = _Progress(total, progress, log_every)
     start = time.perf_counter()
+    waited = Waited(train_loader)
+    trained_by = 1
     try:
-        if callable(getattr(module, "fit", None)):
-            net = module.fit(net, train_loader, loaders["validation"], p)
-            on_epoch(p.epochs, float("nan"))
+        if parallel:
+            reports = Reports(bar.advance, add_row, checkpoint)
+            state = start_point.state if start_point else None
+            result = train_on_workers(
+                train_loader._executor.client, n_trainers or 1, loaders, Path(module.__file__ or model),
+                task, device, state, reports,
+            )  # fmt: skip
+            be.restore(result["weights"], net)
+            val_block, test_block = result["validation"], result["test"]
+            seconds, dev, wait, trained_by = (
+                result["seconds"],
+                result["device"],
+                result["data_wait"],
+                result["trainers"],
+            )
         else:
-            how = Fitting(task, p, dev, on_epoch, bar.advance, valid=loaders["validation"])
-            net = be.fit(net, train_loader, how)
+            if callable(getattr(module, "fit", None)):
+                net = module.fit(net, train_loader, loaders["validation"], p)
+                on_epoch(p.epochs, float("nan"))
+            else:
+                resumed = start_point.state if start_point else None
+                how = Fitting(
+                    task,
+                    p,
+                    dev,
+                    on_epoch,
+                    bar.advance,
+                    loaders["validation"],
+                    checkpoint,
+                    resumed,
+                    trainers=n_trainers,
+                )
+                net = be.fit(net, waited, how)
+            seconds = time.perf_counter() - start
+            wait = [waited.waited / max(seconds, 1e-9)]
     finally:
         bar.close()
-    seconds = time.perf_counter() - start
 
     _log.info("trained in %.1f s; evaluating on the validation and test events", seconds)
-    val_block, test_block = (collect(loaders[s], predict) for s in ("validation", "test"))
+    if not parallel:
+        val_block, test_block = (collect(loaders[s], predict) for s in ("validation", "test"))
     final = {f"val_{k}": v for k, v in metrics(task, val_block.y, val_block.X, val_block.w).items()}
     final |= {f"test_{k}": v for k, v in metrics(task, test_block.y, test_block.X, test_block.w).items()}
-    passes = 1 if framework in ("xgboost",) else p.epochs
-    final |= {"events_trained": len(train_loader) * passes, "seconds": seconds, "device": dev}
+    passes = 1 if framework in ("xgboost",) else p.epochs - done
+    final |= {
+        "events_trained": len(train_loader) * passes,
+        "seconds": seconds,
+        "device": dev,
+        "trainers": trained_by,
+        "data_wait": [round(w, 4) for w in wait] if framework != "xgboost" else None,
+    }
     payload = {"framework": framework, "task": dataclasses.asdict(task), "epochs": epochs, "final": final}
     _write_metrics(run_dir, payload)
 
     model_file = be.save(net, run_dir, train_loader.idim)
-    shutil.copyfile(module.__file__ or model, run_dir / "model.py")
     write_bundle(run_dir, framework, model_file, train_loader, task, p, recipe)
     write_plots(run_dir, epochs, task, val_block, test_block)
     _save_scores(run_dir / "test_scores.npz", test_block)
@@ -268,6 +362,36 @@ def train(
         loader.close()
     _log.info("run directory written: %s", run_dir)
     return Run(run_dir, framework, payload)
+
+
+def _parallel(
+    framework: str,
+    trainers: int | str | None,
+    on_workers: bool | None,
+    module: ModuleType,
+    loader: BatchLoader,
+) -> bool:
+    """Whether the model trains on the workers; refuse what cannot be data-parallel, in one line."""
+    many = trainers == "all" or (trainers is not None and int(trainers) > 1)
+    if framework == "xgboost":
+        return False  # xgboost.dask trains on the workers already (trainers = its workers)
+    if not many and not on_workers:
+        return False
+    if framework == "sklearn":
+        raise ConfigError(
+            f"--trainers {trainers}: a scikit-learn model trains in one process (partial_fit is "
+            "sequential); use --trainers 1"
+        )
+    if callable(getattr(module, "fit", None)):
+        raise ConfigError(
+            f"--trainers {trainers}: model.py's own fit() trains in one process; use --trainers 1"
+        )
+    if not isinstance(loader._executor, Distributed):
+        raise ConfigError(
+            f"--trainers {trainers}: data-parallel trainers run on the workers of a Dask cluster "
+            "(--cluster local, htcondor, kubernetes or tcp://...), not on threads"
+        )
+    return True
 
 
 def _save_scores(path: Path, block: Any) -> None:

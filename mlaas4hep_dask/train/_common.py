@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from mlaas4hep_dask.config import Params
 from mlaas4hep_dask.stream import BatchLoader
 from mlaas4hep_dask.tensorize import Block
 
-__all__ = ["Fitting", "Task", "collect", "metrics", "optional_import", "task_of"]
+__all__ = ["Fitting", "Task", "Waited", "collect", "metrics", "optional_import", "task_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,11 @@ class Fitting:
     """How a backend trains: the task, params, device, and the callbacks it reports to.
 
     ``on_epoch(epoch, train_loss, reported=None)`` after each epoch (``reported``: validation
-    metrics the framework computed itself); ``on_batch(n)`` after ``n`` events.
+    metrics the framework computed itself); ``on_batch(n)`` after ``n`` events;
+    ``checkpoint(epoch, state)`` after each epoch with the backend's state (bytes) when the
+    backend can resume, which it does from ``resume`` (the state of the last finished epoch).
+    ``wrap`` wraps a PyTorch module for data-parallel training (``DistributedDataParallel``);
+    ``trainers`` is the number of workers XGBoost trains on (``None``: all).
     """
 
     task: Task
@@ -43,6 +48,50 @@ class Fitting:
     on_epoch: Callable[..., None]
     on_batch: Callable[[int], None]
     valid: BatchLoader | None = None
+    checkpoint: Callable[[int, bytes], None] | None = None
+    resume: bytes | None = None
+    wrap: Callable[[Any], Any] | None = None
+    trainers: int | str | None = None
+
+
+class Waited:
+    """A loader whose batches and chunks record the seconds the trainer waits for them.
+
+    Everything else is the loader's (``len``, ``epoch``, ``counts``, ...).
+    """
+
+    def __init__(self, loader: BatchLoader) -> None:
+        self.loader = loader
+        self.waited = 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    @property
+    def epoch(self) -> int:
+        return self.loader.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.loader.epoch = value
+
+    def __iter__(self) -> Any:
+        return self._timed(iter(self.loader))
+
+    def iter_chunks(self, shuffle: bool | None = None) -> Any:
+        return self._timed(self.loader.iter_chunks(shuffle))
+
+    def _timed(self, it: Any) -> Any:
+        while True:
+            start = time.perf_counter()
+            batch = next(it, None)
+            self.waited += time.perf_counter() - start
+            if batch is None:
+                return
+            yield batch
 
 
 def optional_import(name: str, install: str) -> Any:

@@ -74,9 +74,28 @@ def detect_framework(obj: Any) -> str:
     )
 
 
-def build_model(module: ModuleType, idim: int) -> tuple[str, Any]:
-    """Call ``model(idim)`` (or ``model()``) and return ``(framework, model)``."""
+def _seed(seed: int) -> None:
+    """Seed the generators a model's initial weights come from (of the frameworks model.py imported)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)  # frameworks and user code draw from the global state
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+    if "keras" in sys.modules:
+        sys.modules["keras"].utils.set_random_seed(seed)
+
+
+def build_model(module: ModuleType, idim: int, seed: int | None = None) -> tuple[str, Any]:
+    """Call ``model(idim)`` (or ``model()``) and return ``(framework, model)``.
+
+    With ``seed``, the initial weights are the same on every call (and on every trainer).
+    """
     fn = module.model
+    if seed is not None:
+        _seed(seed)
     path = Path(module.__file__ or "model.py")
     takes_idim = len(inspect.signature(fn).parameters) > 0
     try:

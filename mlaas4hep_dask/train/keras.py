@@ -13,7 +13,7 @@ from mlaas4hep_dask.stream import BatchLoader
 
 from ._common import Fitting, Task, optional_import
 
-__all__ = ["fit", "load", "predict", "save"]
+__all__ = ["fit", "load", "predict", "restore", "save", "state"]
 
 FILENAME = "model.keras"
 
@@ -35,12 +35,36 @@ def _compile(model: Any, task: Task, params: Params) -> None:
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=params.learning_rate), loss=loss)
 
 
+def state(model: Any, epoch: int) -> bytes:
+    """A checkpoint after ``epoch``: the model's weights (NumPy arrays, any Keras backend).
+
+    The optimizer's moments are not kept: a resumed Keras run restarts them.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+    np.savez(buffer, epoch=np.int64(epoch), **arrays)
+    return buffer.getvalue()
+
+
+def restore(blob: bytes, model: Any) -> int:
+    """Load the weights of a checkpoint made by :func:`state`; return its epoch."""
+    import io
+
+    with np.load(io.BytesIO(blob)) as saved:
+        model.set_weights([saved[f"w{i}"] for i in range(len(saved.files) - 1)])
+        return int(saved["epoch"])
+
+
 def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
     """Train ``params.epochs`` epochs; each epoch fits every shuffled chunk once."""
     params = how.params
     _keras().utils.set_random_seed(params.seed)
     _compile(model, how.task, params)
-    for epoch in range(1, params.epochs + 1):
+    done = restore(how.resume, model) if how.resume is not None else 0
+    train.epoch = done  # the shuffles continue as if the run had not stopped
+    for epoch in range(done + 1, params.epochs + 1):
         total, seen = 0.0, 0
         for chunk in train.iter_chunks():
             history = model.fit(
@@ -56,6 +80,8 @@ def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
             seen += len(chunk)
             how.on_batch(len(chunk))
         how.on_epoch(epoch, total / max(seen, 1))
+        if how.checkpoint is not None:
+            how.checkpoint(epoch, state(model, epoch))
     return model
 
 

@@ -12,7 +12,7 @@ from mlaas4hep_dask.stream import BatchLoader
 
 from ._common import Fitting, Task, optional_import
 
-__all__ = ["fit", "load", "pick_device", "predict", "save"]
+__all__ = ["fit", "load", "pick_device", "predict", "restore", "save", "state"]
 
 FILENAME = "model.pt2"
 
@@ -31,9 +31,17 @@ def pick_device(device: str) -> str:
     return device
 
 
+def _is_keras(model: Any) -> bool:
+    """A Keras 3 model on the torch backend (data-parallel Keras trains through this loop)."""
+    return any(k.__module__.startswith("keras") for k in type(model).__mro__)
+
+
 def _ends_with_probability(model: Any) -> bool:
     """Whether the model's last layer already squashes to [0, 1] (Sigmoid/Softmax)."""
     torch = _torch()
+    if _is_keras(model):
+        activation = getattr(model.layers[-1], "activation", None) if model.layers else None
+        return getattr(activation, "__name__", "") in ("sigmoid", "softmax")
     modules = [m for m in model.modules() if not list(m.children())]
     return bool(modules) and isinstance(modules[-1], (torch.nn.Sigmoid, torch.nn.Softmax))
 
@@ -50,37 +58,90 @@ def _loss(model: Any, task: Task) -> Callable[[Any, Any], Any]:
     return nn.MSELoss(reduction="none")
 
 
+def state(model: Any, optimizer: Any, epoch: int) -> bytes:
+    """A checkpoint after ``epoch``: the module's state (and the optimizer's, if given).
+
+    A Keras model (data-parallel Keras trains in this loop) keeps Keras's own form, which
+    loads on any Keras backend (see :func:`mlaas4hep_dask.train.keras.state`).
+    """
+    import io
+
+    if _is_keras(model):
+        from .keras import state as keras_state
+
+        return keras_state(model, epoch)
+    torch = _torch()
+    buffer = io.BytesIO()
+    saved = {"epoch": epoch, "model": model.state_dict()}
+    if optimizer is not None:
+        saved["optimizer"] = optimizer.state_dict()
+    torch.save(saved, buffer)
+    return buffer.getvalue()
+
+
+def restore(blob: bytes, model: Any, optimizer: Any = None) -> int:
+    """Load a checkpoint made by :func:`state` into ``model`` (and ``optimizer``); return its epoch."""
+    import io
+
+    if _is_keras(model):
+        from .keras import restore as keras_restore
+
+        return keras_restore(blob, model)
+    saved = _torch().load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["model"])
+    if optimizer is not None and "optimizer" in saved:
+        optimizer.load_state_dict(saved["optimizer"])
+    return int(saved["epoch"])
+
+
 def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
-    """Adam at ``learning_rate``; bf16 autocast on CUDA (no loss scaling needed)."""
+    """Adam at ``learning_rate``; bf16 autocast on CUDA (no loss scaling needed).
+
+    With ``how.wrap`` (data-parallel ranks) the wrapped module computes and the gradients are
+    averaged over the ranks; checkpoints hold the unwrapped module, so they load anywhere.
+    """
     torch = _torch()
     task, params, device = how.task, how.params, how.device
     torch.manual_seed(params.seed)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    done = restore(how.resume, model, optimizer) if how.resume is not None else 0
+    train.epoch = done  # the shuffles continue as if the run had not stopped
+    net = how.wrap(model) if how.wrap is not None else model
     loss_fn = _loss(model, task)
+    keyword = {"training": True} if _is_keras(model) else {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
-    for epoch in range(1, params.epochs + 1):
-        model.train()
-        total, seen = 0.0, 0
+    pin = device == "cuda"
+    for epoch in range(done + 1, params.epochs + 1):
+        net.train()
+        total, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per step
         for batch in train:
-            X = torch.from_numpy(batch[0]).to(device, non_blocking=True)
-            y = torch.from_numpy(batch[1]).to(device, non_blocking=True)
+            X, y, *w = (_to(torch.from_numpy(a), device, pin) for a in batch)
             with autocast:
-                out = model(X).float()
+                out = net(X, **keyword).float()
             out = out.reshape(len(y)) if task.kind != "multiclass" else out
             target = y.float() if task.kind != "multiclass" else y.long()
             losses = loss_fn(out, target)
-            if len(batch) == 3:
-                losses = losses * torch.from_numpy(batch[2]).to(device)
+            if w:
+                losses = losses * w[0]
             loss = losses.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(y)
+            total += loss.detach() * len(y)
             seen += len(y)
             how.on_batch(len(y))
-        how.on_epoch(epoch, total / max(seen, 1))
+        how.on_epoch(epoch, float(total) / max(seen, 1))
+        if how.checkpoint is not None:
+            how.checkpoint(epoch, state(model, optimizer, epoch))
     return model
+
+
+def _to(tensor: Any, device: str, pin: bool) -> Any:
+    """Host to device; from pinned memory (an asynchronous copy) when the device is a GPU."""
+    if pin:
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def predict(model: Any, X: np.ndarray, task: Task) -> np.ndarray:

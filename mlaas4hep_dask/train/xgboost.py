@@ -57,8 +57,12 @@ def _part(block: tuple[Any, Any, Any], index: int) -> np.ndarray:
     return values if index == 0 else values.astype(np.float32, copy=False)
 
 
-def _dask_matrix(xgb: Any, loader: BatchLoader, client: Any) -> Any:
-    """A DaskDMatrix whose row blocks are the loader's tensorized partitions (never gathered)."""
+def _dask_matrix(xgb: Any, loader: BatchLoader, client: Any, workers: list[str] | None) -> Any:
+    """A DaskDMatrix whose row blocks are the loader's tensorized partitions (never gathered).
+
+    With ``workers``, the partitions are computed and kept on those workers only, and
+    ``xgboost.dask`` trains where its data are: on them.
+    """
     import dask
     import dask.array as da
     import xgboost.dask  # noqa: F401 - registers xgb.dask
@@ -73,8 +77,11 @@ def _dask_matrix(xgb: Any, loader: BatchLoader, client: Any) -> Any:
         ys.append(da.from_delayed(pick(task, 1), shape=(n,), dtype=np.float32))
         if loader.params.weight_branch:
             ws.append(da.from_delayed(pick(task, 2), shape=(n,), dtype=np.float32))
-    weight = da.concatenate(ws) if ws else None
-    return xgb.dask.DaskDMatrix(client, da.concatenate(xs), da.concatenate(ys), weight=weight)
+    arrays = [da.concatenate(xs), da.concatenate(ys)] + ([da.concatenate(ws)] if ws else [])
+    if workers is not None:
+        arrays = client.persist(arrays, workers=workers, allow_other_workers=False)
+    X, y, *weight = arrays
+    return xgb.dask.DaskDMatrix(client, X, y, weight=weight[0] if weight else None)
 
 
 def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
@@ -87,9 +94,14 @@ def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
     if isinstance(executor, Distributed):
         import xgboost.dask
 
+        from ._parallel import choose_workers
+
         client = executor.client
-        dtrain = _dask_matrix(xgb, train, client)
-        evals = [(dtrain, "train")] + ([(_dask_matrix(xgb, valid, client), "validation")] if valid else [])
+        workers = None if how.trainers is None else choose_workers(client, how.trainers, how.device)
+        dtrain = _dask_matrix(xgb, train, client, workers)
+        evals = [(dtrain, "train")]
+        if valid is not None:
+            evals.append((_dask_matrix(xgb, valid, client, workers), "validation"))
         out = xgboost.dask.train(
             client, booster_params, dtrain, num_boost_round=rounds, evals=evals, verbose_eval=False
         )
