@@ -61,9 +61,7 @@ def choose_workers(client: Any, trainers: int | str, device: str) -> list[str]:
     client.wait_for_workers(1, timeout=120)
     workers: dict[str, Any] = client.scheduler_info()["workers"]
     gpus = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
-    if device == "cuda" and not gpus:
-        raise ConfigError("--device cuda: no Dask worker offers the resource 'GPU'")
-    pool = gpus if gpus and device != "cpu" else sorted(workers)
+    pool = gpus if gpus and device != "cpu" else sorted(workers)  # no GPU resource: any may see one
     count = len(pool) if trainers == "all" else int(trainers)
     if count > len(pool):
         kind = "GPU workers" if pool is gpus else "workers"
@@ -71,6 +69,16 @@ def choose_workers(client: Any, trainers: int | str, device: str) -> list[str]:
             f"--trainers {trainers}: the cluster has {len(pool)} {kind}; ask for at most that many"
         )
     return sorted(pool)[:count]
+
+
+def _feeding(client: Any, workers: list[str]) -> str | None:
+    """The scheduler's address when other workers can feed the trainers, else ``None``.
+
+    With as many trainers as workers, each trainer reads its shard itself; with more workers
+    (a GPU trainer and CPU workers), the others read and tensorize for the trainers.
+    """
+    everyone = client.scheduler_info()["workers"]
+    return str(client.scheduler.address) if len(everyone) > len(workers) else None
 
 
 def _alive(client: Any) -> set[str]:
@@ -206,6 +214,7 @@ def train_on_workers(
             free_port, workers=[workers[0]], allow_other_workers=False, pure=False
         ).result()
         nthreads = client.scheduler_info()["workers"]
+        scheduler = _feeding(client, workers)
         first = loaders["train"]
         jobs = [
             RankJob(
@@ -224,10 +233,12 @@ def train_on_workers(
                 resume=last,
                 timeout=timeout,
                 threads=int(nthreads[w].get("nthreads", 1)),
+                scheduler=scheduler,
             )
             for r, w in enumerate(workers)
         ]
-        _log.info("training on %d workers: %s", world, ", ".join(workers))
+        fed = "fed by the other workers" if scheduler else "each reading its own shard"
+        _log.info("training on %d workers (%s): %s", world, fed, ", ".join(workers))
         try:
             result = _attempt(client, workers, jobs, kept)
         except TrainingError as err:

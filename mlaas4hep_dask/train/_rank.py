@@ -5,10 +5,12 @@ The task (:func:`run_rank`) writes the trainer's job to a private folder and sta
 has a clean ``torch.distributed`` state and Keras can be put on its torch backend, and so that
 a cancel or a dead peer can end it for certain.  The process reads, preprocesses and tensorizes
 its shard of the data itself (a :class:`~mlaas4hep_dask.BatchLoader` with a thread pool, on
-the worker's machine), trains the model wrapped in ``DistributedDataParallel``, and reports
-on the pipe ``FD`` in JSON lines: progress, epochs, checkpoints, and one error line if it
-fails.  Rank 0's task forwards these to the client through a ``distributed.Queue``; batches
-never leave the worker.
+the worker's machine) or, when the cluster has more workers than trainers, has the other
+workers read and tensorize it (``scheduler``: the trainer is a client of the cluster, and
+fetches the tensorized partitions straight from the workers), trains the model wrapped in
+``DistributedDataParallel``, and reports on the pipe ``FD`` in JSON lines: progress, epochs,
+checkpoints, and one error line if it fails.  Rank 0's task forwards these to the client
+through a ``distributed.Queue``; batches never reach the client.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class RankJob:
     resume: bytes | None
     timeout: float
     threads: int
+    scheduler: str | None = None
 
 
 def free_port() -> tuple[str, int]:
@@ -172,10 +175,13 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
     )
     (workdir / "model.py").write_text(job.model_source)
     module = load_model_file(workdir / "model.py")
+    feeders: Any = "threads"
+    if job.scheduler is not None:
+        from distributed import Client
+
+        feeders = Client(job.scheduler, set_as_default=False)
     loaders = {
-        split: BatchLoader(
-            job.dataset, job.specs, job.params, job.recipe, job.labels, split, "threads", shard
-        )
+        split: BatchLoader(job.dataset, job.specs, job.params, job.recipe, job.labels, split, feeders, shard)
         for split, shard in job.shards.items()
     }
     framework, net = build_model(module, loaders["train"].idim, job.params.seed)
@@ -224,6 +230,8 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
     val_block, test_block = evaluate("validation"), evaluate("test")
     dist.barrier()
     dist.destroy_process_group()
+    if job.scheduler is not None:
+        feeders.close()
     if job.rank != 0:
         return {"rank": job.rank}
     return {
