@@ -12,10 +12,10 @@ mkdir -p "$OUT"
 nvidia-smi -L; nproc
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 timeout 240 python3 benchmarks/train_scaling.py --events "${GPU_EVENTS:-2000000}" --workers 9 --trainers 1 \
-    --batch-size 4096 --device cuda --epochs 2 --chunk-size 200000 --prefetch 4 --out /tmp/gpu 2>&1 \
+    --batch-size 4096 --device cuda --epochs 3 --chunk-size 200000 --prefetch 4 --out /tmp/gpu 2>&1 \
     | grep -v -i "warn\|is_open" | tee "$OUT/gpu.txt" | tail -8
 cp /tmp/gpu/train-scaling.json "$OUT/gpu.json"
 timeout 200 python3 benchmarks/train_scaling.py --events "${CPU_EVENTS:-800000}" --workers 2 --trainers 1 2 \
-    --batch-size 1024 --device cpu --epochs 2 --out /tmp/cpu 2>&1 \
+    --batch-size 1024 --device cpu --epochs 3 --out /tmp/cpu 2>&1 \
     | grep -v -i "warn\|is_open" | tee "$OUT/cpu.txt" | tail -8
 cp /tmp/cpu/train-scaling.json "$OUT/cpu.json"

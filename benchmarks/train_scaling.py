@@ -11,11 +11,12 @@ data (specs computed once beforehand, not timed):
   workers each reads its own shard; with more workers (``--workers 9 --trainers 1 --device
   cuda``: one GPU trainer and 8 CPU workers) the other workers feed the trainers.
 
-Reported: events trained per second (all epochs, training only), the fraction of the training
-time each trainer waited for its next batch, the validation AUC, and the peak RSS of the
-process tree.  On a 2-core machine, 2 trainers share the cores with their readers: the
-numbers say what one machine can do, not how a farm scales.  Writes
-``train-scaling.json`` into ``--out``.
+Reported: events trained per second in the last epoch (steady state: the first includes
+one-off imports and the workers' start), the fraction of that epoch's training time each
+trainer waited for its next batch, the validation AUC, and the peak RSS of the process tree.
+
+On a 2-core machine, 2 trainers share the cores with their readers: the numbers say what one
+machine can do, not how a farm scales.  Writes ``train-scaling.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -52,13 +53,16 @@ def _step(files: list[str], specs: str, workers: int, trainers: str, params: str
             files, MODEL, p, labels, specs=specs, out=Path(specs).parent / f"run-{trainers}",
             client=client, device=device, **kwargs,
         )  # fmt: skip
-    final = run.metrics["final"]
+    final, last = run.metrics["final"], run.metrics["epochs"][-1]
     print(
         json.dumps(
             {
-                "events": final["events_trained"],
-                "seconds": final["seconds"],
-                "data_wait": final["data_wait"],
+                "events": final["events_trained"] // p["epochs"],
+                "seconds": last["seconds"],
+                "data_wait": last["data_wait"]
+                if isinstance(last["data_wait"], list)
+                else [last["data_wait"]],
+                "all_seconds": final["seconds"],
                 "val_auc": final["val_auc"],
                 "device": final["device"],
                 "trainers": final["trainers"],
@@ -73,7 +77,7 @@ def main() -> None:
     parser.add_argument("--files-per-class", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--prefetch", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--trainers", type=int, nargs="+", default=[1, 2])
@@ -108,10 +112,11 @@ def main() -> None:
         result["config"] = "client" if config == "client" else f"{config} on workers"
         result["rate"] = result["events"] / result["seconds"]
         rows.append(result)
+        print(json.dumps(result), flush=True)
     base = rows[0]["rate"]
     print(
-        f"\n{args.events:,} events ({args.epochs} epochs of the 70 % train split), {args.workers} workers, "
-        f"batch {args.batch_size}, device {args.device}"
+        f"\n{args.events:,} events (the last of {args.epochs} epochs of the 70 % train split), "
+        f"{args.workers} workers, batch {args.batch_size}, device {args.device}"
     )
     print(f"{'trainer':<14}{'events/s':>12}{'ratio':>8}{'data wait':>18}{'val AUC':>9}{'peak MB':>9}")
     for r in rows:

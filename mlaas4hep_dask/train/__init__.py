@@ -27,7 +27,7 @@ from mlaas4hep_dask.preprocess import Preproc, load_preproc
 from mlaas4hep_dask.specs import Specs, compute_specs
 from mlaas4hep_dask.stream import BatchLoader
 
-from ._common import Fitting, Task, Waited, collect, metrics, task_of
+from ._common import EpochClock, Fitting, Task, Waited, collect, metrics, task_of
 from ._model_file import ModelFileError, build_model, detect_framework, load_model_file
 from ._parallel import Reports, train_on_workers
 
@@ -274,19 +274,22 @@ def train(
         _log.info(
             "epoch %d: %s",
             row["epoch"],
-            ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
+            ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "data_wait"),
         )
 
     def on_epoch(epoch: int, loss: float, reported: Mapping[str, Any] | None = None) -> None:
+        seconds, wait = clock.lap()
         val = dict(reported) if reported else metrics(task, *_scores(loaders["validation"], predict))
-        add_row(
-            {
-                "epoch": epoch,
-                "loss": loss,
-                "val_loss": val.get("loss"),
-                f"val_{task.metric}": val.get(task.metric),
-            }
-        )
+        row = {
+            "epoch": epoch,
+            "loss": loss,
+            "val_loss": val.get("loss"),
+            f"val_{task.metric}": val.get(task.metric),
+        }
+        if framework != "xgboost":
+            row |= {"seconds": round(seconds, 4), "data_wait": round(wait, 4)}
+        add_row(row)
+        clock.restart()
 
     def checkpoint(epoch: int, state: bytes) -> None:
         write_checkpoint(run_dir, epoch, state, epochs)
@@ -298,6 +301,7 @@ def train(
     bar = _Progress(total, progress, log_every)
     start = time.perf_counter()
     waited = Waited(train_loader)
+    clock = EpochClock(waited)
     trained_by = 1
     try:
         if parallel:

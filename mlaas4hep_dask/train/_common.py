@@ -14,7 +14,7 @@ from mlaas4hep_dask.config import Params
 from mlaas4hep_dask.stream import BatchLoader
 from mlaas4hep_dask.tensorize import Block
 
-__all__ = ["Fitting", "Task", "Waited", "collect", "metrics", "optional_import", "task_of"]
+__all__ = ["EpochClock", "Fitting", "Task", "Waited", "collect", "metrics", "optional_import", "task_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +92,23 @@ class Waited:
             if batch is None:
                 return
             yield batch
+
+
+class EpochClock:
+    """Seconds of an epoch's training (validation left out) and the fraction spent waiting for data."""
+
+    def __init__(self, waited: Waited) -> None:
+        self.waited = waited
+        self.restart()
+
+    def restart(self) -> None:
+        """An epoch's training starts now."""
+        self.start, self.wait0 = time.perf_counter(), self.waited.waited
+
+    def lap(self) -> tuple[float, float]:
+        """``(seconds, data-wait fraction)`` since :meth:`restart`."""
+        seconds = time.perf_counter() - self.start
+        return seconds, (self.waited.waited - self.wait0) / max(seconds, 1e-9)
 
 
 def optional_import(name: str, install: str) -> Any:

@@ -143,8 +143,8 @@ def _drain(relay: Any, reports: Reports) -> None:
     for message in relay.get(batch=True):  # what is waiting, without blocking
         if message["kind"] == "progress":
             reports.on_batch(int(message["events"]))
-        elif message["kind"] == "epoch":
-            reports.on_epoch(message["row"])
+        elif message["kind"] == "epoch":  # msgpack gave back tuples for lists
+            reports.on_epoch({k: list(v) if isinstance(v, tuple) else v for k, v in message["row"].items()})
         elif message["kind"] == "checkpoint":
             reports.on_checkpoint(int(message["epoch"]), message["state"])
 

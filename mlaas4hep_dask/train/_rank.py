@@ -40,7 +40,7 @@ from mlaas4hep_dask.specs import Specs
 from mlaas4hep_dask.stream import BatchLoader, Shard
 from mlaas4hep_dask.tensorize import Block
 
-from ._common import Fitting, Task, Waited, collect, metrics
+from ._common import EpochClock, Fitting, Task, Waited, collect, metrics
 
 __all__ = ["RankJob", "free_port", "main", "run_rank"]
 
@@ -167,7 +167,7 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
     be = backend("torch")
     device = be.pick_device(job.device)
     dist.init_process_group(
-        "nccl" if device == "cuda" else "gloo",
+        "cpu:gloo,cuda:nccl" if device == "cuda" else "gloo",  # gradients by NCCL, metrics by gloo
         init_method=f"tcp://{job.rendezvous}",
         rank=job.rank,
         world_size=job.world,
@@ -186,6 +186,7 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
     }
     framework, net = build_model(module, loaders["train"].idim, job.params.seed)
     train = Waited(loaders["train"])
+    clock = EpochClock(train)
     last = time.monotonic()
     done = 0
 
@@ -203,13 +204,18 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
             send(kind="progress", events=done * job.world)
 
     def on_epoch(epoch: int, loss: float) -> None:
+        seconds, wait = clock.lap()
         total = torch.tensor([loss * len(train), len(train)], dtype=torch.float64)
         dist.all_reduce(total)
+        waits: list[Any] = [None] * job.world
+        dist.all_gather_object(waits, round(wait, 4))
         block = evaluate("validation")
         if block is not None:
             val = metrics(job.task, block.y, block.X, block.w)
             row = {"epoch": epoch, "loss": float(total[0] / total[1]), "val_loss": val.get("loss")}
-            send(kind="epoch", row=row | {f"val_{job.task.metric}": val.get(job.task.metric)})
+            row |= {f"val_{job.task.metric}": val.get(job.task.metric), "seconds": round(seconds, 4)}
+            send(kind="epoch", row=row | {"data_wait": waits})
+        clock.restart()
 
     def checkpoint(epoch: int, state: bytes) -> None:
         if job.rank == 0:
