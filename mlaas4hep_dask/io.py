@@ -100,11 +100,20 @@ class Dataset:
     def delayed_partitions(self, columns: Sequence[str] | None = None) -> list[Any]:
         """One ``dask.delayed`` awkward array per partition (in :attr:`partitions` order), lazily.
 
-        Column projection is applied: each reads only ``columns``.
+        Each reads only ``columns`` (default: the selected branches), through a tree its
+        worker opened once for all the partitions of that file (see ``_reader``).
         """
-        import dask_awkward as dak
+        import dask
 
-        return list(dak.to_delayed(self.to_dask(columns)))
+        from ._reader import read_partition, slim
+
+        columns = tuple(self.branches) if columns is None else tuple(columns)
+        unknown = [c for c in columns if c not in self.available]
+        if unknown:
+            raise SchemaError(f"unknown branches {unknown!r} in tree {self.files[0].tree!r}")
+        files = [slim(f) for f in self.files]
+        read = dask.delayed(read_partition, pure=True)
+        return [read(files[i], self.params, columns, start, stop) for i, start, stop in self.partitions]
 
     def with_step(self, step: int, columns: Sequence[str] | None = None) -> Dataset:
         """The same inputs cut into partitions of about ``step`` entries (``-1``: one per file).
