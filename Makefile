@@ -52,6 +52,9 @@ bench: install
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/serve.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/layouts.py
+	$(PY) benchmarks/loader_costs.py
+	$(PY) benchmarks/train_scaling.py
 
 lint: install
 	$(VENV)/bin/ruff check mlaas4hep_dask tests benchmarks

@@ -39,14 +39,47 @@ def _tree(file: Any, params: Any) -> Any:
 
 
 def read_partition(file: Any, params: Any, columns: Sequence[str], start: int, stop: int) -> Any:
-    """The awkward array of ``columns`` for entries ``[start, stop)`` of ``file``'s tree."""
+    """The awkward array of ``columns`` for entries ``[start, stop)`` of ``file``'s tree.
+
+    Raises
+    ------
+    InputError
+        A basket cannot be inflated or interpreted (a damaged file): the error names the file,
+        the tree, the branch and the entries.
+    """
     tree = _tree(file, params)
-    return tree.arrays(
-        list(columns),  # full paths of branches, taken as names (as uproot.dask does)
-        entry_start=start,
-        entry_stop=stop,
-        library="ak",
-        array_cache=None,  # uproot's default keeps 100 MB of arrays per open file: ours stream
+    try:
+        return tree.arrays(
+            list(columns),  # full paths of branches, taken as names (as uproot.dask does)
+            entry_start=start,
+            entry_stop=stop,
+            library="ak",
+            array_cache=None,  # uproot's default keeps 100 MB of arrays per open file: ours stream
+        )
+    except (OSError, TimeoutError):
+        raise
+    except Exception as err:  # uproot's DeserializationError, zlib.error, ValueError...
+        raise _damaged(tree, file, columns, start, stop, err) from None
+
+
+def _damaged(
+    tree: Any, file: Any, columns: Sequence[str], start: int, stop: int, err: Exception
+) -> Exception:
+    """The error of a damaged file, naming the first branch that cannot be read (found branch by branch)."""
+    from .errors import InputError
+
+    culprit = None
+    for name in columns:
+        try:
+            tree[name].array(entry_start=start, entry_stop=stop, library="np", array_cache=None)
+        except Exception:
+            culprit = name
+            break
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    where = f"branch {culprit!r}, " if culprit is not None else ""
+    return InputError(
+        f"input file {file.path!r} is damaged: tree {file.tree!r}, {where}entries {start}-{stop} "
+        f"cannot be read ({type(err).__name__}: {first})"
     )
 
 

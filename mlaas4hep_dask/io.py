@@ -213,8 +213,10 @@ def _open(path: str, url: str, params: Params) -> Any:
         if local.is_dir():
             raise InputError(f"input {path!r} is a directory, not a ROOT file")
         with local.open("rb") as fh:
-            if fh.read(4) != b"root":
-                raise NotRootFileError(f"input file {path!r} is not a ROOT file")
+            header = fh.read(20)
+        if header[:4] != b"root":
+            raise NotRootFileError(f"input file {path!r} is not a ROOT file")
+        _check_complete(path, header, local.stat().st_size)
     try:
         return uproot.open(url, handler=_handler(url, params), timeout=_OPEN_TIMEOUT)
     except FileNotFoundError:
@@ -230,6 +232,25 @@ def _open(path: str, url: str, params: Params) -> Any:
         if url.startswith(_REMOTE):
             raise RemoteInputError(f"cannot read input {path!r}: {text}") from None
         raise InputError(f"cannot read input {path!r}: {text}") from None
+
+
+def _check_complete(path: str, header: bytes, size: int) -> None:
+    """Refuse a local ROOT file shorter than the end its header records (a cut-off copy)."""
+    import struct
+
+    if len(header) < 20:
+        raise InputError(f"input file {path!r} is truncated: {size} bytes, not even a ROOT header")
+    version, _begin = struct.unpack(">ii", header[4:12])
+    end = (
+        struct.unpack(">q", header[12:20])[0]
+        if version >= 1_000_000
+        else struct.unpack(">i", header[12:16])[0]
+    )
+    if size < end:
+        raise InputError(
+            f"input file {path!r} is truncated: {size:,} bytes of the {end:,} its header records "
+            "(an interrupted copy or download?)"
+        )
 
 
 def _find_tree(directory: Any, path: str, tree: str | None) -> Any:

@@ -79,20 +79,25 @@ def plan_chunks(counts: Sequence[int], files: Sequence[int], chunk_size: int) ->
     if total == 0:
         return []
     nchunks = 1 if chunk_size == -1 else max(1, math.ceil(total / chunk_size))
+    return _slices(counts, files, nchunks)
+
+
+def _slices(counts: Sequence[int], files: Sequence[int], k: int) -> list[list[Piece]]:
+    """Cut every file's events into ``k`` equal contiguous slices; slice ``i`` of each goes to list ``i``."""
     by_file: dict[int, list[int]] = {}
     for p, f in enumerate(files):
         by_file.setdefault(f, []).append(p)
-    chunks: list[list[Piece]] = [[] for _ in range(nchunks)]
+    out: list[list[Piece]] = [[] for _ in range(k)]
     for parts in by_file.values():
         n = sum(counts[p] for p in parts)
         starts = np.cumsum([0] + [counts[p] for p in parts])
-        for k in range(nchunks):
-            lo, hi = n * k // nchunks, n * (k + 1) // nchunks
-            for i, p in enumerate(parts):
-                a, b = max(lo, starts[i]), min(hi, starts[i + 1])
+        for i in range(k):
+            lo, hi = n * i // k, n * (i + 1) // k
+            for j, p in enumerate(parts):
+                a, b = max(lo, starts[j]), min(hi, starts[j + 1])
                 if a < b:
-                    chunks[k].append(Piece(p, int(a - starts[i]), int(b - starts[i])))
-    return chunks
+                    out[i].append(Piece(p, int(a - starts[j]), int(b - starts[j])))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,19 +139,7 @@ def deal(counts: Sequence[int], files: Sequence[int], world: int, batch_size: in
     """
     if world < 1:
         raise ConfigError(f"the number of trainers must be at least 1, not {world}")
-    by_file: dict[int, list[int]] = {}
-    for p, f in enumerate(files):
-        by_file.setdefault(f, []).append(p)
-    shares: list[list[Piece]] = [[] for _ in range(world)]
-    for parts in by_file.values():
-        n = sum(counts[p] for p in parts)
-        starts = np.cumsum([0] + [counts[p] for p in parts])
-        for r in range(world):
-            lo, hi = n * r // world, n * (r + 1) // world
-            for i, p in enumerate(parts):
-                a, b = max(lo, starts[i]), min(hi, starts[i + 1])
-                if a < b:
-                    shares[r].append(Piece(p, int(a - starts[i]), int(b - starts[i])))
+    shares = _slices(counts, files, world)
     for share in shares:
         share.sort(key=lambda piece: piece.partition)
     sizes = [sum(p.hi - p.lo for p in share) for share in shares]

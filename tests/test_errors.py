@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import awkward as ak
+import numpy as np
 import pytest
 import uproot
 
@@ -93,3 +94,42 @@ def test_empty_files_list(tmp_path: Path) -> None:
     files.write_text("# only a comment\n\n")
     with pytest.raises(m.ConfigError, match="names no input file"):
         m.compute_specs(files, client="sync")
+
+
+def _two_branches(path: Path, n: int = 50_000) -> None:
+    rng = np.random.default_rng(5)
+    with uproot.recreate(path) as f:
+        tree = f.mktree("events", {"a": "f8", "b": "f8"})
+        # compressible values: one zlib-compressed basket per branch
+        tree.extend({"a": rng.integers(0, 9, n).astype("f8"), "b": rng.integers(0, 9, n).astype("f8")})
+
+
+def test_truncated_file_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "cut.root"
+    _two_branches(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(m.InputError, match=r"cut\.root' is truncated: [\d,]+ bytes of the [\d,]+ its header"):
+        m.compute_specs([path], client="sync")
+
+
+def test_damaged_basket_names_file_tree_branch_and_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlaas4hep_dask.cli import main
+
+    path = tmp_path / "flipped.root"
+    _two_branches(path)
+    seek = int(uproot.open(path)["events"]["b"].member("fBasketSeek")[0])
+    data = bytearray(path.read_bytes())
+    for i in range(seek + 100, seek + 2100):  # 2 000 bytes inside the basket of 'b'
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        m.InputError, match=r"flipped\.root' is damaged: tree 'events', branch 'b', entries 0-50000"
+    ):
+        m.compute_specs([path], client="sync")
+    assert main(["specs", "--files", str(path), "--out", str(tmp_path / "s.json"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "is damaged: tree 'events', branch 'b'" in err[0]

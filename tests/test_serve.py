@@ -185,6 +185,13 @@ def test_bad_requests_are_4xx_and_the_server_keeps_serving(
         f"{server}/predict/bad", content=b"0" * (5 * 2**20), headers={"content-type": "application/json"}
     )
     assert huge.status_code == 413
+    deep = httpx.post(
+        f"{server}/predict/bad",
+        content=b'{"events": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert deep.status_code == 400, deep.text
+    assert "nested too deeply" in deep.json()["error"]
     corrupt = httpx.post(
         f"{server}/upload", files={"file": ("x.tar.gz", b"not a tarball")}, data={"name": "corrupt"}
     )

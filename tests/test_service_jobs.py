@@ -291,6 +291,14 @@ def test_a_worker_that_dies_mid_job_is_retried_and_the_job_finishes(
         ),
         (json.dumps({"files": ["root://h//a.root"], "model": MODEL, "name": "../x"}).encode(), 422, "name"),
         (json.dumps({"files": ["root://h//a.root"], "model": "x" * 2**21}).encode(), 413, "over the limit"),
+        (
+            json.dumps(
+                {"files": ["root://h//a.root"], "model": MODEL, "resources": {"trainers": 3}}
+            ).encode(),
+            422,
+            "resources.trainers: the cluster has 2 workers, not 3",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
     ],
     ids=[
         "malformed",
@@ -308,6 +316,8 @@ def test_a_worker_that_dies_mid_job_is_retried_and_the_job_finishes(
         "gpu",
         "name",
         "huge",
+        "trainers",
+        "deep",
     ],
 )
 def test_bad_submissions_are_refused_with_the_field_named(

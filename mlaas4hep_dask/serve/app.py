@@ -26,6 +26,8 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from mlaas4hep_dask._http import error as _error
+from mlaas4hep_dask._http import refuse_deep_json
 from mlaas4hep_dask.errors import MLaaSError
 from mlaas4hep_dask.serve._events import EventError, prepare_events, prepare_inputs
 from mlaas4hep_dask.serve.repository import BundleError, ModelNotFoundError, Repository, manifest_of
@@ -47,10 +49,6 @@ class _Metrics:
         self.events = Counter(
             "mlaas4hep_predicted_events", "Events scored", ["model"], registry=self.registry
         )
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
 
 
 def _scores(values: np.ndarray, positions: np.ndarray, n: int) -> list[Any]:
@@ -78,6 +76,8 @@ def create_app(repository: Repository, max_body: int = MAX_BODY) -> FastAPI:
         metrics.requests.labels(path, model, str(response.status_code)).inc()
         metrics.latency.labels(path, model).observe(time.perf_counter() - start)
         return response
+
+    refuse_deep_json(app)
 
     @app.exception_handler(MLaaSError)
     async def known_errors(request: Request, err: MLaaSError) -> JSONResponse:

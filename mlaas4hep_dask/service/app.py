@@ -30,6 +30,8 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from mlaas4hep_dask._http import error as _error
+from mlaas4hep_dask._http import refuse_deep_json
 from mlaas4hep_dask.errors import MLaaSError, SchemaError
 from mlaas4hep_dask.service.auth import Authenticator, AuthError, Principal
 from mlaas4hep_dask.service.config import ServiceConfig
@@ -53,10 +55,6 @@ class _Conflict(MLaaSError):
 
 class _TooLarge(MLaaSError):
     """HTTP 413."""
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -107,6 +105,8 @@ def create_app(config: ServiceConfig, store: JobStore, runner: Runner | None) ->
         if size is not None and size.isdigit() and int(size) > limit:
             return _error(413, f"request body of {size} bytes is over the limit of {limit}")
         return await call_next(request)
+
+    refuse_deep_json(app)
 
     @app.exception_handler(MLaaSError)
     async def known_errors(request: Request, err: MLaaSError) -> JSONResponse:

@@ -1,0 +1,113 @@
+"""The loader's per-event costs that do not depend on the file layout, per 100 000 events.
+
+Usage: ``python benchmarks/loader_costs.py [--events 400000]``
+
+The same events are read into memory once per partitioning (2 files in partitions of 200 000
+and of 20 000 entries, 8 files in partitions of 50 000 and of 10 000), then each step after
+reading is timed on its own, in this process, as the loader runs it:
+
+* ``tensorize``: a partition's awkward array to padded, normalized float32 rows (on a worker);
+* ``send`` / ``receive``: the tensorized partition serialized and deserialized the way Dask
+  moves it between processes (``distributed.protocol``);
+* ``shuffle``: the pieces of every chunk put together in a shuffled order (on the trainer).
+
+No step should grow with the number of files or partitions: each works on every event once.
+Writes ``loader-costs.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ensure_data
+
+CASES = ((1, 200_000), (1, 20_000), (4, 50_000), (4, 10_000))  # (files per class, entries per partition)
+
+
+def _best(fn: Callable[[], object], repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _case(files: list[str], step: int, per_class: int) -> dict[str, float]:
+    """The costs of each step, in ms per 100 000 events, for ``files`` cut every ``step`` entries."""
+    import numpy as np
+    from distributed.protocol import deserialize_bytes, serialize_bytelist
+
+    import mlaas4hep_dask as m
+    from mlaas4hep_dask.cluster import compute
+    from mlaas4hep_dask.preprocess import make_plan
+    from mlaas4hep_dask.stream import plan_chunks
+    from mlaas4hep_dask.tensorize import Block, Layout, Tensorize
+
+    params = m.load_params({"chunk_size": step, "split": 0.0, "batch_size": 1024})
+    dataset = m.open_dataset(files, params)
+    plan = make_plan(None, dataset.available, dataset.branches, [])
+    dataset = dataset.with_step(step, plan.columns)
+    specs = m.compute_specs(dataset, params, client="sync")
+    tensorize = Tensorize(plan, Layout.from_specs(specs, params), params, "train", [1.0, 0.0] * per_class)
+    parts = compute(dataset.delayed_partitions(plan.columns), "sync")
+    where = dataset.partitions
+    n = sum(len(p) for p in parts)
+
+    def run_tensorize() -> list[Any]:
+        return [tensorize(p, f, a) for p, (f, a, _) in zip(parts, where, strict=True)]
+
+    blocks = run_tensorize()
+    wire = [serialize_bytelist(b) for b in blocks]
+    costs = {
+        "tensorize": _best(run_tensorize),
+        "send": _best(lambda: [serialize_bytelist(b) for b in blocks]),
+        "receive": _best(lambda: [deserialize_bytes(b"".join(w)) for w in wire]),
+    }
+    ready = [Block(*b) for b in blocks]
+    chunks = plan_chunks([len(b) for b in ready], [f for f, _, _ in where], 100_000)
+    rng = np.random.default_rng(0)
+
+    def shuffle() -> None:
+        for chunk in chunks:
+            pieces = [ready[p.partition].take(slice(p.lo, p.hi)) for p in chunk]
+            Block.concatenate(pieces, rng.permutation(sum(map(len, pieces))))
+
+    costs["shuffle"] = _best(shuffle)
+    row: dict[str, float] = {"files": len(files), "partitions": len(parts), "events": n}
+    return row | {k: 1e3 * v * 100_000 / n for k, v in costs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=400_000)
+    parser.add_argument("--out", type=Path, default=Path("bench-output"))
+    args = parser.parse_args()
+
+    rows = []
+    for per_class, step in CASES:
+        files = [str(f) for f in ensure_data(args.out / f"data-costs-{per_class}", args.events, per_class)]
+        row = _case(files, step, per_class)
+        rows.append(row)
+        costs = ("tensorize", "send", "receive", "shuffle")
+        print(
+            f"{row['files']} files, {row['partitions']:>3} partitions: "
+            + ", ".join(f"{k} {row[k]:.1f} ms" for k in costs)
+            + " per 100 000 events",
+            flush=True,
+        )
+    out = args.out / "loader-costs.json"
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
