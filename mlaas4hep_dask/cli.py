@@ -436,7 +436,7 @@ def _parser() -> argparse.ArgumentParser:
     svc.add_argument("--port", type=int, default=8080, help="default: %(default)s")
     _cluster_arguments(svc)
     svc.add_argument(
-        "--workdir", default="mlaas4hep-service", help="jobs, uploads, results (default: %(default)s)"
+        "--workdir", default=None, help="jobs, uploads, results (default: ~/.local/state/mlaas4hep/service)"
     )
     svc.add_argument(
         "--db", help="job database URL (default: sqlite:///WORKDIR/jobs.sqlite; postgresql://...)"

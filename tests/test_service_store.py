@@ -94,3 +94,17 @@ def test_an_unusable_database_url_is_a_clear_error(tmp_path: Path) -> None:
         ConfigError, match=re.escape("cannot open the job database 'postgresql+psycopg://u@127.0.0.1:9/db'")
     ):
         JobStore("postgresql://u@127.0.0.1:9/db")
+
+
+def test_the_default_workdir_is_outside_any_checkout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import subprocess
+
+    from mlaas4hep_dask.service.config import ServiceConfig
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert ServiceConfig(insecure_dev=True).workdir == tmp_path / "state" / "mlaas4hep" / "service"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert ServiceConfig(insecure_dev=True).workdir == Path.home() / ".local" / "state" / "mlaas4hep" / "service"
+    root = Path(__file__).resolve().parent.parent
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True)
+    assert not [f for f in tracked.stdout.split() if ".sqlite" in f]  # no runtime database committed

@@ -10,9 +10,15 @@ from pathlib import Path
 
 from mlaas4hep_dask.errors import ConfigError
 
-__all__ = ["ServiceConfig"]
+__all__ = ["ServiceConfig", "default_workdir"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def default_workdir() -> Path:
+    """``$XDG_STATE_HOME/mlaas4hep/service``, else ``~/.local/state/mlaas4hep/service``."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "mlaas4hep" / "service"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +28,9 @@ class ServiceConfig:
     Attributes
     ----------
     workdir
-        Where the service keeps its job database (by default), uploads and job results.
+        Where the service keeps its job database (by default), uploads and job results;
+        by default ``$XDG_STATE_HOME/mlaas4hep/service`` (``~/.local/state/...``): outside any
+        checkout, so that a runtime database never lands in a repository.
     db
         SQLAlchemy URL of the job database (``sqlite:///WORKDIR/jobs.sqlite`` by default;
         ``postgresql://user@host/db`` works too).
@@ -56,7 +64,7 @@ class ServiceConfig:
         Largest JSON request body and largest upload tarball, in bytes.
     """
 
-    workdir: Path = Path("mlaas4hep-service")
+    workdir: Path = dataclasses.field(default_factory=default_workdir)
     db: str | None = None
     issuer: str | None = None
     audience: str | None = None
