@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 DEMO   := demo-output
 
-.PHONY: install test demo bench lint image xrootd-server postgres-server clean
+.PHONY: install test demo bench lint image xrootd-server postgres-server sandbox clean
 
 install: $(STAMP)
 
@@ -33,7 +33,15 @@ postgres-server:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "postgresql not found and cannot apt-get install it: the PostgreSQL tests will be skipped"; fi; }
 
-test: install xrootd-server postgres-server
+# Service jobs run in a bubblewrap sandbox: Debian's bubblewrap, installed here when missing.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's bubblewrap for the job sandbox"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	  else echo "bwrap not found and cannot apt-get install it: the sandbox tests will be skipped"; fi; }
+
+test: install xrootd-server postgres-server sandbox
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install

@@ -233,7 +233,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
         workdir=args.workdir, db=args.db, issuer=args.issuer, audience=args.audience,
         trusted_proxies=args.trusted_proxy, data_roots=args.data_root, insecure_dev=args.insecure_dev,
         repository=args.repository, max_jobs_per_user=args.max_jobs_per_user,
-        max_running=args.max_running, job_timeout=args.job_timeout,
+        max_running=args.max_running, job_timeout=args.job_timeout, unsandboxed_jobs=args.unsandboxed_jobs,
     )  # fmt: skip
     if (args.scheduler or args.global_cluster) in ("threads", "processes", "sync", "synchronous"):
         raise ConfigError(
@@ -250,6 +250,14 @@ def _cmd_service(args: argparse.Namespace) -> int:
             "Never expose this service.",
             file=sys.stderr,
         )
+    if not config.unsandboxed_jobs:
+        from .service.sandbox import unavailable
+
+        if (why := unavailable()) is not None:
+            raise ConfigError(
+                f"jobs cannot be sandboxed here: {why}; a job's model.py would run with the service's "
+                "powers: fix that, or accept it with --unsandboxed-jobs"
+            )
     config.workdir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = JobStore(config.db_url)
@@ -440,6 +448,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     svc.add_argument(
         "--db", help="job database URL (default: sqlite:///WORKDIR/jobs.sqlite; postgresql://...)"
+    )
+    svc.add_argument(
+        "--unsandboxed-jobs",
+        action="store_true",
+        help="run jobs without the bubblewrap sandbox (their model.py gets the workers' powers)",
     )
     svc.add_argument("--issuer", help="OIDC issuer URL (or $MLAAS4HEP_OIDC_ISSUER)")
     svc.add_argument("--audience", help="token audience (or $MLAAS4HEP_OIDC_AUDIENCE)")

@@ -132,3 +132,24 @@ def test_insecure_dev_service_refuses_a_host_that_is_not_loopback(
     assert err.startswith("mlaas4hep: error: ")
     assert message in err
     assert "Traceback" not in err
+
+
+def test_the_service_refuses_to_run_jobs_unsandboxed_unless_told(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": str(tmp_path)}  # no bwrap on this PATH
+    args = [
+        sys.executable,
+        "-m",
+        "mlaas4hep_dask.cli",
+        "service",
+        "--insecure-dev",
+        "--workdir",
+        str(tmp_path / "w"),
+    ]
+    refused = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert "jobs cannot be sandboxed here: bubblewrap (bwrap) is not installed" in refused.stderr
+    assert "--unsandboxed-jobs" in refused.stderr
+    assert not (tmp_path / "w").exists()  # refused before creating anything

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from mlaas4hep_dask.serve import Repository
+from mlaas4hep_dask.service.sandbox import unavailable
 
 from ._oidc import AUDIENCE, Issuer, oidc_issuer
 from ._service import Caller, ServiceProcess, tarball, worker_pid_running
@@ -50,10 +51,16 @@ def cluster() -> Iterator[Any]:
     cluster.close()
 
 
+#: Why jobs cannot be sandboxed on this machine (bubblewrap missing, no namespaces, not root).
+NO_SANDBOX = unavailable()
+
+
 def _args(issuer: Issuer, cluster: Any, data: Path, repo: Path, *more: str) -> list[str]:
+    data.chmod(0o755)  # a job runs as a user of its own: its inputs must be readable by others
+    unsandboxed = ["--unsandboxed-jobs"] if NO_SANDBOX else []
     return [
         "--scheduler", cluster.scheduler.address, "--issuer", issuer.url, "--audience", AUDIENCE,
-        "--data-root", str(data), "--repository", str(repo), *more,
+        "--data-root", str(data), "--repository", str(repo), *unsandboxed, *more,
     ]  # fmt: skip
 
 
@@ -204,6 +211,51 @@ def test_failing_jobs_end_failed_with_a_clear_error(
     assert done["state"] == "failed"
     assert error in done["error"]
     assert alice.client.get(f"/jobs/{job['id']}/results").status_code == 409
+
+
+_HOSTILE = {
+    "reads-shadow": (
+        "open('/etc/shadow').read()",
+        "PermissionError: [Errno 13] Permission denied: '/etc/shadow'",
+    ),
+    "opens-the-database": (
+        "import glob, sqlite3\nfound = glob.glob('/tmp/**/jobs.sqlite', recursive=True)\n"
+        "assert not found, f'the service database is visible: {found}'\nsqlite3.connect(WORKDIR + '/jobs.sqlite', uri=False).execute('select * from jobs')",
+        "OperationalError: unable to open database file",
+    ),
+    "lists-other-jobs": (
+        "import glob, os\nothers = [p for p in glob.glob('/tmp/mlaas4hep-job-*') + glob.glob(WORKDIR + '/*') if p != os.getcwd()]\n"
+        "raise SystemExit(f'I see {others}')",
+        "I see []",
+    ),
+    "allocates-30-GB": ("import numpy\nnumpy.ones(30 * 2**30 // 8)", "over its memory limit"),
+    "forks-1000": (
+        "import os, time\nfor _ in range(1000):\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)",
+        "over its limit of 512 processes and threads",
+    ),
+    "runs-as-root": (
+        "import os\nassert os.getuid() != 0 and os.geteuid() != 0\nraise SystemExit(f'uid {os.getuid()}')",
+        "uid 2",
+    ),
+}
+
+
+@pytest.mark.skipif(NO_SANDBOX is not None, reason=f"jobs cannot be sandboxed here: {NO_SANDBOX}")
+def test_hostile_model_files_are_contained_and_the_other_user_is_unaffected(
+    alice: Caller, bob: Caller, service: ServiceProcess, generated: list[Path]
+) -> None:
+    prelude = f"WORKDIR = {str(service.workdir)!r}\n"
+    jobs = {
+        name: alice.submit(**_job(generated, model=prelude + code + "\n" + MODEL)).json()["id"]
+        for name, (code, _) in _HOSTILE.items()
+    }
+    honest = bob.submit(**_job(generated)).json()["id"]
+    for name, job_id in jobs.items():
+        done = alice.wait(job_id)
+        assert done["state"] == "failed", (name, done)
+        assert _HOSTILE[name][1] in done["error"], (name, done["error"])
+    assert bob.wait(honest)["state"] == "succeeded"
+    assert httpx.get(f"{service.url}/healthz").status_code == 200
 
 
 def test_a_worker_that_dies_mid_job_is_retried_and_the_job_finishes(

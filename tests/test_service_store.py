@@ -104,7 +104,9 @@ def test_the_default_workdir_is_outside_any_checkout(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert ServiceConfig(insecure_dev=True).workdir == tmp_path / "state" / "mlaas4hep" / "service"
     monkeypatch.delenv("XDG_STATE_HOME")
-    assert ServiceConfig(insecure_dev=True).workdir == Path.home() / ".local" / "state" / "mlaas4hep" / "service"
+    assert (
+        ServiceConfig(insecure_dev=True).workdir == Path.home() / ".local" / "state" / "mlaas4hep" / "service"
+    )
     root = Path(__file__).resolve().parent.parent
     tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True)
     assert not [f for f in tracked.stdout.split() if ".sqlite" in f]  # no runtime database committed

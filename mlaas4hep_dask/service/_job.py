@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mlaas4hep_dask._tarball import pack
+from mlaas4hep_dask.service import sandbox
 
 __all__ = ["TOPIC", "cancel_event_name", "run_job"]
 
@@ -72,7 +73,34 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             return
 
 
-def _error_of(tail: deque[str], rc: int, folder: Path) -> str:
+def _hand_over(folder: Path, uid: int) -> None:
+    """Give the job's folder and its inputs to the job's user (nobody else may read them)."""
+    for path in [folder, *folder.rglob("*")]:
+        os.chown(path, uid, uid, follow_symlinks=False)
+    folder.chmod(0o700)
+
+
+_OVER = (
+    ("memory", ("MemoryError", "Cannot allocate memory", "std::bad_alloc")),
+    ("processes", ("BlockingIOError", "Resource temporarily unavailable", "can't start new thread")),
+    ("file_size", ("File too large",)),
+)
+
+
+def _over_limit(tail: deque[str], rc: int, limits: sandbox.Limits) -> str | None:
+    """Which limit a sandboxed job went over, in words, if one."""
+    if rc in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return limits.describe("cpu")
+    if rc in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
+        return limits.describe("file_size")
+    text = "\n".join(tail)
+    for kind, signs in _OVER:
+        if any(sign in text for sign in signs):
+            return limits.describe(kind)
+    return None
+
+
+def _error_of(tail: deque[str], rc: int, folder: Path, limits: sandbox.Limits | None = None) -> str:
     """The workflow's one-line error, with the job's private folder left out of the paths."""
     message = ""
     for line in reversed(tail):
@@ -82,7 +110,9 @@ def _error_of(tail: deque[str], rc: int, folder: Path) -> str:
     else:
         last = [line for line in tail if line.strip()][-3:]
         message = f"the workflow exited with status {rc}" + (": " + " | ".join(last) if last else "")
-    return message.replace(f"{folder}/", "")
+    message = message.replace(f"{folder}/", "")
+    over = _over_limit(tail, rc, limits) if limits is not None else None
+    return f"the job went over {over}: {message}" if over else message
 
 
 def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[str, Any]:
@@ -98,11 +128,20 @@ def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[
 
     with tempfile.TemporaryDirectory(prefix=f"mlaas4hep-job-{job_id[:12]}-") as tmp:
         folder = Path(tmp)
-        cmd = [sys.executable, "-m", "mlaas4hep_dask.service._child", "train"]
-        cmd += _write_inputs(folder, spec, extra)
-        cmd += ["--out", "run", "--scheduler", worker.scheduler.address, "--log-progress", "2", "-q"]
+        args = ["train", *_write_inputs(folder, spec, extra)]
+        args += ["--out", "run", "--scheduler", worker.scheduler.address, "--log-progress", "2", "-q"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
         env["DASK_MLAAS4HEP__CLUSTER__DIRECT_TO_WORKERS"] = "true"  # a worker reaches the other workers
+        limits = None
+        if spec.get("sandbox"):
+            if (why := sandbox.unavailable()) is not None:
+                return {"state": "failed", "error": f"worker {worker.address} cannot sandbox jobs: {why}"}
+            uid, limits = sandbox.job_uid(job_id), sandbox.Limits.of(spec["resources"], spec["timeout"])
+            _hand_over(folder, uid)
+            cmd = sandbox.sandboxed(args, folder, [Path(r) for r in spec.get("reads", [])], uid, limits)
+            env = sandbox.environment(env, folder)
+        else:
+            cmd = [sys.executable, "-m", "mlaas4hep_dask.service._child", *args]
         emit(line=f"[service] running on worker {worker.address} (scheduler {worker.scheduler.address})")
         emit(progress=0.0, phase="starting")
         start = time.monotonic()
@@ -139,7 +178,7 @@ def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[
         if outcome is not None:
             return outcome
         if proc.returncode != 0:
-            return {"state": "failed", "error": _error_of(tail, proc.returncode, folder)}
+            return {"state": "failed", "error": _error_of(tail, proc.returncode, folder, limits)}
         run = folder / "run"
         (folder / "job.log").replace(run / "job.log")
         metrics = json.loads((run / "metrics.json").read_text())

@@ -52,6 +52,9 @@ class ServiceConfig:
         Scopes given to users authenticated by a trusted proxy's user headers.
     insecure_dev
         Accept every request as user ``dev`` (with both scopes), for local development only.
+    unsandboxed_jobs
+        Run jobs without the sandbox (see :mod:`mlaas4hep_dask.service.sandbox`): the operator
+        accepts that a job's model.py runs with the worker's powers.
     data_roots
         Local folders a job may read input files from (besides remote URLs and its upload).
     repository
@@ -77,6 +80,7 @@ class ServiceConfig:
     trusted_proxies: tuple[_Network, ...] = ()
     proxy_scopes: tuple[str, ...] = ("mlaas.submit", "mlaas.read")
     insecure_dev: bool = False
+    unsandboxed_jobs: bool = False
     data_roots: tuple[Path, ...] = ()
     repository: str | None = None
     max_jobs_per_user: int = 2

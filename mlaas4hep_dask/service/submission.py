@@ -202,4 +202,6 @@ def job_spec(sub: Submission, config: ServiceConfig, upload: Path | None) -> dic
         "resources": resources,
         "timeout": timeout,
         "push": push,
+        "sandbox": not config.unsandboxed_jobs,
+        "reads": [str(root) for root in config.data_roots],
     }
