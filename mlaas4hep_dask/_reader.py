@@ -18,13 +18,27 @@ __all__ = ["read_partition"]
 
 _MAX_OPEN = 32
 _LOCK = threading.Lock()
-_OPEN: collections.OrderedDict[tuple[str, str, str], Any] = collections.OrderedDict()
+_OPEN: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
+
+
+def _identity(url: str) -> tuple[int, int, int]:
+    """A local file's inode, size and modification time: a file written anew is opened anew."""
+    import os
+
+    if url.startswith(("root://", "http://", "https://")):
+        return (0, 0, 0)
+    st = os.stat(url)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _tree(file: Any, params: Any) -> Any:
     from .io import _open
 
-    key = (file.url, file.tree, params.xrootd_handler)
+    try:
+        identity = _identity(file.url)
+    except OSError:
+        identity = (0, 0, 0)  # gone: _open below says so, naming the input
+    key = (file.url, file.tree, params.xrootd_handler, identity)
     with _LOCK:
         if key in _OPEN:
             _OPEN.move_to_end(key)
@@ -56,10 +70,22 @@ def read_partition(file: Any, params: Any, columns: Sequence[str], start: int, s
             library="ak",
             array_cache=None,  # uproot's default keeps 100 MB of arrays per open file: ours stream
         )
-    except (OSError, TimeoutError):
-        raise
+    except (OSError, TimeoutError) as err:  # the server went away, the disk failed
+        raise _unreadable(file, start, stop, err) from None
     except Exception as err:  # uproot's DeserializationError, zlib.error, ValueError...
         raise _damaged(tree, file, columns, start, stop, err) from None
+
+
+def _unreadable(file: Any, start: int, stop: int, err: BaseException) -> Exception:
+    """The error of an input that stopped answering while its partition was read."""
+    from .errors import InputError, MLaaSError, RemoteInputError
+
+    if isinstance(err, MLaaSError):
+        return err
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    remote = file.url.startswith(("root://", "http://", "https://"))
+    kind = RemoteInputError if remote else InputError
+    return kind(f"cannot read input {file.path!r} (tree {file.tree!r}, entries {start}-{stop}): {first}")
 
 
 def _damaged(

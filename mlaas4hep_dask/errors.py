@@ -10,6 +10,7 @@ exception it refines, so ``except FileNotFoundError`` keeps working::
     │   ├── InputNotFoundError(FileNotFoundError)   missing local file
     │   ├── NotRootFileError               the file is not ROOT
     │   └── RemoteInputError(ConnectionError)       an XRootD/HTTP server does not answer
+    ├── OutputError(OSError)                a run directory or specs file cannot be written
     ├── SchemaError(KeyError)               unknown tree or branch, unsupported branch type,
     │                                       files whose branches differ
     ├── SpecsError(ValueError)              a specs file that cannot be read or used
@@ -27,6 +28,7 @@ __all__ = [
     "InputNotFoundError",
     "MLaaSError",
     "NotRootFileError",
+    "OutputError",
     "RemoteInputError",
     "SchemaError",
     "SpecsError",
@@ -64,6 +66,10 @@ class NotRootFileError(InputError):
 
 class RemoteInputError(InputError, ConnectionError):
     """A remote input (``root://``, ``http(s)://``) cannot be reached."""
+
+
+class OutputError(MLaaSError, OSError):
+    """An output (a run directory, a specs file) cannot be written: a full disk, no permission."""
 
 
 class SchemaError(MLaaSError, KeyError):

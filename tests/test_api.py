@@ -5,7 +5,7 @@ from mlaas4hep_dask import errors
 
 PUBLIC = {
     "BatchLoader", "BranchSpec", "ConfigError", "Dataset", "ExpressionError", "FileSpec", "InputError", "InputFile",
-    "InputNotFoundError", "MLaaSError", "NotRootFileError", "Params", "Preproc", "RemoteInputError", "SchemaError",
+    "InputNotFoundError", "MLaaSError", "NotRootFileError", "OutputError", "Params", "Preproc", "RemoteInputError", "SchemaError",
     "Specs", "SpecsError", "__version__", "compute_specs", "generate", "load_params", "load_preproc", "open_dataset",
     "read_file_list",
 }  # fmt: skip

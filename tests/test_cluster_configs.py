@@ -194,3 +194,23 @@ def test_bad_cluster_configs_are_named(tmp_path: Path, text: str, message: str, 
         load_cluster_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_cluster_config(tmp_path / "nope.yaml")
+
+
+def test_the_dashboard_serves_its_pages_while_a_computation_runs() -> None:
+    import time
+
+    import httpx
+    from distributed import Client
+
+    from mlaas4hep_dask.cluster import local_cluster
+
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        running = client.submit(time.sleep, 5, pure=False)
+        link = client.dashboard_link
+        page = httpx.get(link, timeout=30, follow_redirects=True)
+        assert page.status_code == 200, link
+        assert "Bokeh" in page.text or "bokeh" in page.text  # the real page, not "install bokeh"
+        workers = httpx.get(link.replace("/status", "/info/main/workers.html"), timeout=30)
+        assert workers.status_code == 200
+        assert next(iter(client.scheduler_info()["workers"])) in workers.text  # live content
+        running.cancel()

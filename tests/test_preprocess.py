@@ -266,7 +266,9 @@ def test_building_the_graph_reads_no_data(generated: list[Path], tmp_path: Path)
     plan = make_plan(load_preproc(EXAMPLE), dataset.available, dataset.branches)
     graph = build_specs_graph(dataset, plan)
     assert len(graph.__dask_graph__()) <= 2 * len(dataset.partitions) + len(dataset.partitions) // 8 + 10
-    with pytest.raises(uproot.deserialization.DeserializationError):
+    with pytest.raises(
+        m.InputError, match=r"\.root' is damaged: tree 'events', branch '\w+', entries \d+-\d+"
+    ):
         m.cluster.compute([graph], "sync")
     (stats,) = m.cluster.compute(
         [build_specs_graph(open_dataset(generated, {"chunk_size": 500}), plan)], "sync"

@@ -89,3 +89,31 @@ def test_mixed_local_and_xrootd_inputs_train_batches(generated: list[Path], xroo
     (expected, _), *_ = m.BatchLoader(generated, specs, params, labels=[1, 0], client="sync")
     assert not rest
     np.testing.assert_array_equal(X, expected)
+
+
+@pytest.mark.xrootd
+def test_xrootd_server_killed_during_a_pass_names_the_input(generated: list[Path]) -> None:
+    from ._servers import xrootd_server
+
+    with xrootd_server(generated) as url:
+        remote = [f"{url}/{p.name}" for p in generated]
+        dataset = m.open_dataset(remote, {"chunk_size": 500})  # the metadata came through
+        for proc in _xrootd_processes(url):
+            proc.kill()
+        start = time.monotonic()
+        with pytest.raises(
+            m.RemoteInputError, match=r"cannot read input 'root://127\.0\.0\.1:\d+//store/mc/"
+        ):
+            m.compute_specs(dataset, {"chunk_size": 500}, client="sync")
+        assert time.monotonic() - start < 60
+
+
+def _xrootd_processes(url: str) -> list[object]:
+    import psutil
+
+    port = url.split(":")[2].split("/")[0]
+    return [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "xrootd" and port in (p.info["cmdline"] or [])
+    ]

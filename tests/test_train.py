@@ -169,6 +169,14 @@ BAD_MODELS = [
         "def model(idim):\n    x = 1\n    return 1 / 0\n",
         r"model.py', line 3: model\(\) failed: ZeroDivisionError",
     ),
+    (
+        "import torch\ndef model(idim):\n    return torch.nn.Linear(idim, 3)\n",
+        r"model.py': model\(\) returns 3 outputs per event, but the labels make a binary task \(one output\)",
+    ),
+    (
+        "import torch\ndef model(idim):\n    return torch.nn.Linear(7, 1)\n",
+        r"model.py': the model fails on a batch of \d+ features: RuntimeError",
+    ),
 ]
 
 
@@ -180,6 +188,13 @@ def test_model_file_errors_name_the_file_and_line(
     model_py.write_text(source)
     with pytest.raises(ModelFileError, match=message):
         train(data[:2], model_py, PARAMS, labels=[1, 0], out=tmp_path / "run", client="sync")
+
+
+def test_labels_of_one_class_are_refused_before_training(data: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(m.ConfigError, match="every input file has the label 1: a classifier needs events of"):
+        train(
+            data, MODELS / "torch_model.py", PARAMS, labels=[1, 1, 1, 1], out=tmp_path / "run", client="sync"
+        )
 
 
 def test_training_needs_targets(data: list[Path], tmp_path: Path) -> None:
@@ -232,3 +247,47 @@ def test_torch_uses_the_gpu_when_present(data: list[Path], tmp_path: Path) -> No
     )
     assert run.metrics["final"]["device"] == "cuda"
     assert run.metrics["final"]["val_auc"] > WORKING_AUC
+
+
+def test_a_full_disk_under_out_leaves_no_run_that_looks_complete(data: list[Path], tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bubblewrap (bwrap) is needed for a small filesystem to fill")
+    files = ",".join(map(str, data))
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({**PARAMS, "epochs": 1}))
+    train_cmd = [
+        sys.executable, "-m", "mlaas4hep_dask.cli", "train", "--files", files, "--labels", "1,0,1,0",
+        "--model", str(MODELS / "sklearn_model.py"), "--params", str(params), "--out", "/out/run",
+        "--cluster", "threads", "-q",
+    ]  # fmt: skip
+    script = " ".join(f"'{a}'" for a in train_cmd) + "; echo rc=$?; ls /out/run"
+    # 120 kB: enough for the specs, model.py and run.json written first, not for the plots
+    cmd = [
+        bwrap,
+        "--dev-bind",
+        "/",
+        "/",
+        "--size",
+        str(120_000),
+        "--tmpfs",
+        "/out",
+        "--",
+        "bash",
+        "-c",
+        script,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("mlaas4hep: error")]
+    assert errors == [
+        "mlaas4hep: error: cannot write the run directory '/out/run': No space left on device"
+    ], out.stdout + out.stderr
+    assert "rc=2" in out.stdout
+    left = set(out.stdout.split("rc=2", 1)[1].split())
+    assert "bundle.json" not in left
+    assert "metrics.json" not in left
+    assert "specs.json" in left  # what was written before the disk filled stays

@@ -21,7 +21,7 @@ from typing import Any
 
 from mlaas4hep_dask._executors import Distributed
 from mlaas4hep_dask.config import Params, load_params
-from mlaas4hep_dask.errors import ConfigError
+from mlaas4hep_dask.errors import ConfigError, OutputError
 from mlaas4hep_dask.io import open_dataset
 from mlaas4hep_dask.preprocess import Preproc, load_preproc
 from mlaas4hep_dask.specs import Specs, compute_specs
@@ -251,7 +251,9 @@ def train(
         )
     label_dtype = train_loader.plan.extras[p.label_branch].dtype if p.label_branch else None
     task = task_of(train_loader.labels, label_dtype)
+    _check_classes(train_loader.labels, task)
     framework, net = build_model(module, train_loader.idim, p.seed)
+    _check_outputs(framework, net, task, train_loader.idim, Path(module.__file__ or model))
     be = backend(framework)
     parallel = _parallel(framework, n_trainers, on_workers, module, train_loader)
     if start_point is not None and framework not in ("torch", "keras"):
@@ -356,16 +358,69 @@ def train(
         "data_wait": [round(w, 4) for w in wait] if framework != "xgboost" else None,
     }
     payload = {"framework": framework, "task": dataclasses.asdict(task), "epochs": epochs, "final": final}
-    _write_metrics(run_dir, payload)
-
-    model_file = be.save(net, run_dir, train_loader.idim)
-    write_bundle(run_dir, framework, model_file, train_loader, task, p, recipe)
-    write_plots(run_dir, epochs, task, val_block, test_block)
-    _save_scores(run_dir / "test_scores.npz", test_block)
+    before = set(run_dir.iterdir())
+    try:  # bundle.json last: a run directory that has one is complete
+        model_file = be.save(net, run_dir, train_loader.idim)
+        write_plots(run_dir, epochs, task, val_block, test_block)
+        _save_scores(run_dir / "test_scores.npz", test_block)
+        _write_metrics(run_dir, payload)
+        write_bundle(run_dir, framework, model_file, train_loader, task, p, recipe)
+    except OSError as err:
+        for path in set(run_dir.iterdir()) - before:  # nothing half-written that looks finished
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        kept = (
+            " (its last checkpoint is kept: --resume continues)"
+            if (run_dir / "checkpoint.json").exists()
+            else ""
+        )
+        raise OutputError(
+            f"cannot write the run directory {str(run_dir)!r}: {err.strerror or err}{kept}"
+        ) from None
     for loader in loaders.values():
         loader.close()
     _log.info("run directory written: %s", run_dir)
     return Run(run_dir, framework, payload)
+
+
+def _check_classes(labels: Sequence[float] | None, task: Task) -> None:
+    """Refuse a classification whose files all carry one label: there is nothing to learn."""
+    if labels is not None and task.kind != "regression" and len(set(labels)) < 2:
+        raise ConfigError(
+            f"every input file has the label {labels[0]:g}: a classifier needs events of at least "
+            "two classes (check labels.txt)"
+        )
+
+
+def _check_outputs(framework: str, net: Any, task: Task, idim: int, path: Path) -> None:
+    """Refuse a PyTorch or Keras model whose output width does not fit the task, naming model.py."""
+    if framework == "torch":
+        import torch
+
+        training = net.training
+        try:
+            net.eval()  # no batch-norm statistics move for this probe
+            with torch.no_grad():
+                width = int(net(torch.zeros((2, idim))).reshape(2, -1).shape[1])
+        except Exception as err:
+            raise ModelFileError(
+                f"model file {str(path)!r}: the model fails on a batch of {idim} features: "
+                f"{type(err).__name__}: {err}"
+            ) from None
+        finally:
+            net.train(training)
+    elif framework == "keras":
+        width = int(net.output_shape[-1]) if getattr(net, "output_shape", None) else 1
+    else:
+        return
+    wanted = task.n_classes if task.kind == "multiclass" else 1
+    if width != wanted:
+        what = (
+            f"{task.n_classes} classes" if task.kind == "multiclass" else f"a {task.kind} task (one output)"
+        )
+        raise ModelFileError(
+            f"model file {str(path)!r}: model() returns {width} outputs per event, but the labels "
+            f"make {what}: the last layer must have {wanted}"
+        )
 
 
 def _parallel(
