@@ -9,8 +9,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     XRD_RUNFORKHANDLER=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 
-# tini reaps the workflow processes that jobs start; the XRootD client comes with the xrootd wheel
-RUN apt-get update && apt-get install -y --no-install-recommends tini ca-certificates \
+# tini reaps the workflow processes that jobs start; the XRootD client comes with the xrootd wheel;
+# bubblewrap is the job sandbox (used where the workers run as root)
+RUN apt-get update && apt-get install -y --no-install-recommends tini ca-certificates bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/mlaas4hep
