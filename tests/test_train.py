@@ -254,9 +254,13 @@ def test_a_full_disk_under_out_leaves_no_run_that_looks_complete(data: list[Path
     import subprocess
     import sys
 
+    from mlaas4hep_dask.service.sandbox import unavailable
+
     bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        pytest.skip("bubblewrap (bwrap) is needed for a small filesystem to fill")
+    if bwrap is None or (why := unavailable()) is not None:
+        pytest.skip(
+            f"a small filesystem to fill needs bubblewrap's mount namespaces: {why if bwrap else 'no bwrap'}"
+        )
     files = ",".join(map(str, data))
     params = tmp_path / "params.json"
     params.write_text(json.dumps({**PARAMS, "epochs": 1}))
