@@ -49,6 +49,10 @@ def test_each_framework_learns_and_writes_a_run(
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: training")]
     done, total = re.match(r"progress: training (\d+)/(\d+) events", progress[-1]).groups()  # type: ignore[union-attr]
     assert int(done) == int(total) > 0
+    if framework != "xgboost":  # the epoch, and the last epoch's validation metrics, are shown
+        assert any(
+            re.search(r", epoch 2/3 \(epoch 1: val_loss [\d.]+, val_auc [\d.]+\)$", p) for p in progress
+        )
     final = run.metrics["final"]
     assert final["val_auc"] > WORKING_AUC
     assert final["test_auc"] > WORKING_AUC

@@ -86,15 +86,20 @@ def _device(framework: str, device: str) -> str:
 class _Progress:
     """Training progress: a live bar with events/s (rich), log lines every ``log_every`` s, or nothing.
 
-    A log line reads ``progress: training DONE/TOTAL events (P%), R events/s, ETA S s``; the
-    service parses it for a job's progress, so keep its shape.
+    A log line reads ``progress: training DONE/TOTAL events (P%), R events/s, ETA S s, epoch
+    E/N`` (and the last epoch's validation metrics); the service parses its start for a job's
+    progress, so keep its shape.
     """
 
-    def __init__(self, total: int, enabled: bool, log_every: float | None = None) -> None:
+    def __init__(
+        self, total: int, enabled: bool, log_every: float | None = None, epochs: int = 1, first: int = 1
+    ) -> None:
         self.bar: Any = None
         self.total = total
         self.done = 0
         self.log_every = log_every
+        self.epochs = epochs
+        self.epoch = f"epoch {first}/{epochs}"
         self.start = self.logged = time.perf_counter()
         if enabled and log_every is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -105,8 +110,9 @@ class _Progress:
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:>12} events/s"),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[epoch]}"),
             )
-            self.task = self.bar.add_task("train", total=total, rate="")
+            self.task = self.bar.add_task("train", total=total, rate="", epoch=self.epoch)
             self.bar.start()
 
     def advance(self, n: int) -> None:
@@ -119,9 +125,20 @@ class _Progress:
             self.logged = now
             eta = max(self.total - self.done, 0) / rate if rate > 0 else float("nan")
             _log.info(
-                "progress: training %d/%d events (%.1f%%), %.0f events/s, ETA %.0f s",
-                self.done, self.total, 100 * self.done / max(self.total, 1), rate, eta,
+                "progress: training %d/%d events (%.1f%%), %.0f events/s, ETA %.0f s, %s",
+                self.done, self.total, 100 * self.done / max(self.total, 1), rate, eta, self.epoch,
             )  # fmt: skip
+
+    def epoch_done(self, row: Mapping[str, Any]) -> None:
+        """Show the next epoch and the validation metrics of the one that ended."""
+        ended = int(row["epoch"])
+        shown = ", ".join(
+            f"{k} {v:.4g}" for k, v in row.items() if k.startswith("val_") and isinstance(v, float)
+        )
+        following = f"epoch {min(ended + 1, self.epochs)}/{self.epochs}"
+        self.epoch = f"{following} (epoch {ended}: {shown})" if shown else following
+        if self.bar is not None:
+            self.bar.update(self.task, epoch=self.epoch)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -278,6 +295,7 @@ def train(
             row["epoch"],
             ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "data_wait"),
         )
+        bar.epoch_done(row)
 
     def on_epoch(epoch: int, loss: float, reported: Mapping[str, Any] | None = None) -> None:
         seconds, wait = clock.lap()
@@ -300,7 +318,8 @@ def train(
     total = len(train_loader) * (p.epochs - done if framework != "xgboost" else 1)
     where = f"{n_trainers} trainers on the workers" if parallel else dev
     _log.info("training a %s model on %s: %d events", framework, where, total)
-    bar = _Progress(total, progress, log_every)
+    rounds = 1 if framework == "xgboost" else p.epochs
+    bar = _Progress(total, progress, log_every, rounds, min(done + 1, rounds))
     start = time.perf_counter()
     waited = Waited(train_loader)
     clock = EpochClock(waited)
