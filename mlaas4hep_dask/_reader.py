@@ -25,7 +25,9 @@ def _identity(url: str) -> tuple[int, int, int]:
     """A local file's inode, size and modification time: a file written anew is opened anew."""
     import os
 
-    if url.startswith(("root://", "http://", "https://")):
+    from .io import _REMOTE
+
+    if url.startswith(_REMOTE):
         return (0, 0, 0)
     st = os.stat(url)
     return (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -78,13 +80,13 @@ def read_partition(file: Any, params: Any, columns: Sequence[str], start: int, s
 
 def _unreadable(file: Any, start: int, stop: int, err: BaseException) -> Exception:
     """The error of an input that stopped answering while its partition was read."""
-    from .errors import InputError, MLaaSError, RemoteInputError
+    from .errors import InputError, MLaaSError, RemoteInputError, first_line
+    from .io import _REMOTE
 
     if isinstance(err, MLaaSError):
         return err
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    remote = file.url.startswith(("root://", "http://", "https://"))
-    kind = RemoteInputError if remote else InputError
+    first = first_line(err) or type(err).__name__
+    kind = RemoteInputError if file.url.startswith(_REMOTE) else InputError
     return kind(f"cannot read input {file.path!r} (tree {file.tree!r}, entries {start}-{stop}): {first}")
 
 
@@ -92,7 +94,7 @@ def _damaged(
     tree: Any, file: Any, columns: Sequence[str], start: int, stop: int, err: Exception
 ) -> Exception:
     """The error of a damaged file, naming the first branch that cannot be read (found branch by branch)."""
-    from .errors import InputError
+    from .errors import InputError, first_line
 
     culprit = None
     for name in columns:
@@ -101,7 +103,7 @@ def _damaged(
         except Exception:
             culprit = name
             break
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    first = first_line(err) or type(err).__name__
     where = f"branch {culprit!r}, " if culprit is not None else ""
     return InputError(
         f"input file {file.path!r} is damaged: tree {file.tree!r}, {where}entries {start}-{stop} "

@@ -44,6 +44,12 @@ class MLaaSError(Exception):
         return str(self.args[0]) if self.args else self.__class__.__name__
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (``""`` when it has none): for one-line reports."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class ConfigError(MLaaSError, ValueError):
     """A configuration input (params.json, preproc.json, labels, arguments) is invalid."""
 

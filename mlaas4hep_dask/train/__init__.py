@@ -297,9 +297,15 @@ def train(
         )
         bar.epoch_done(row)
 
+    scored: dict[str, Any] = {}  # the validation scores after the last epoch (the final model's)
+
     def on_epoch(epoch: int, loss: float, reported: Mapping[str, Any] | None = None) -> None:
         seconds, wait = clock.lap()
-        val = dict(reported) if reported else metrics(task, *_scores(loaders["validation"], predict))
+        if reported:
+            val = dict(reported)
+        else:
+            block = scored["validation"] = collect(loaders["validation"], predict)
+            val = metrics(task, block.y, block.X, block.w)
         row = {
             "epoch": epoch,
             "loss": loss,
@@ -365,7 +371,9 @@ def train(
 
     _log.info("trained in %.1f s; evaluating on the validation and test events", seconds)
     if not parallel:
-        val_block, test_block = (collect(loaders[s], predict) for s in ("validation", "test"))
+        if "validation" not in scored:  # no epoch reported its own (XGBoost): score it now
+            scored["validation"] = collect(loaders["validation"], predict)
+        val_block, test_block = scored["validation"], collect(loaders["test"], predict)
     final = {f"val_{k}": v for k, v in metrics(task, val_block.y, val_block.X, val_block.w).items()}
     final |= {f"test_{k}": v for k, v in metrics(task, test_block.y, test_block.X, test_block.w).items()}
     passes = 1 if framework in ("xgboost",) else p.epochs - done
@@ -478,8 +486,3 @@ def _save_scores(path: Path, block: Any) -> None:
 
     extra = {"w": block.w} if block.w is not None else {}
     np.savez_compressed(path, y=block.y if block.y is not None else np.zeros(0), score=block.X, **extra)
-
-
-def _scores(loader: BatchLoader, predict: Any) -> tuple[Any, Any, Any]:
-    block = collect(loader, predict)
-    return block.y, block.X, block.w

@@ -65,7 +65,7 @@ def write_record(
     record = RunRecord(
         list(files),
         None if labels is None else list(labels),
-        json.loads(json.dumps(dataclasses.asdict(params))),
+        params.to_dict(),
         None if preproc is None else dict(preproc.source),
         trainers,
         device,

@@ -71,13 +71,12 @@ def choose_workers(client: Any, trainers: int | str, device: str) -> list[str]:
     return sorted(pool)[:count]
 
 
-def _feeding(client: Any, workers: list[str]) -> str | None:
+def _feeding(client: Any, everyone: Mapping[str, Any], workers: list[str]) -> str | None:
     """The scheduler's address when other workers can feed the trainers, else ``None``.
 
     With as many trainers as workers, each trainer reads its shard itself; with more workers
     (a GPU trainer and CPU workers), the others read and tensorize for the trainers.
     """
-    everyone = client.scheduler_info()["workers"]
     return str(client.scheduler.address) if len(everyone) > len(workers) else None
 
 
@@ -119,7 +118,8 @@ def _attempt(
             if all(f.status == "finished" for f in futures):
                 _drain(relay, reports)
                 return dict(futures[0].result())
-            lost = [w for w in workers if w not in _alive(client)]
+            alive = _alive(client)
+            lost = [w for w in workers if w not in alive]
             failed = [f for f in futures if f.status == "error"]
             if lost:
                 raise TrainingError(f"worker {lost[0]} was lost (killed, or out of memory)", peer=True)
@@ -213,8 +213,8 @@ def train_on_workers(
         host, port = client.submit(
             free_port, workers=[workers[0]], allow_other_workers=False, pure=False
         ).result()
-        nthreads = client.scheduler_info()["workers"]
-        scheduler = _feeding(client, workers)
+        everyone = client.scheduler_info()["workers"]
+        scheduler = _feeding(client, everyone, workers)
         first = loaders["train"]
         jobs = [
             RankJob(
@@ -232,7 +232,7 @@ def train_on_workers(
                 task=task,
                 resume=last,
                 timeout=timeout,
-                threads=int(nthreads[w].get("nthreads", 1)),
+                threads=int(everyone[w].get("nthreads", 1)),
                 scheduler=scheduler,
             )
             for r, w in enumerate(workers)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_dask.config import Params
-from mlaas4hep_dask.errors import MLaaSError, TrainingError
+from mlaas4hep_dask.errors import MLaaSError, TrainingError, first_line
 from mlaas4hep_dask.io import Dataset
 from mlaas4hep_dask.preprocess import Preproc
 from mlaas4hep_dask.specs import Specs
@@ -203,13 +203,15 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
             last = time.monotonic()
             send(kind="progress", events=done * job.world)
 
+    scored: dict[str, Block | None] = {}  # the validation scores of the last epoch: the final model's
+
     def on_epoch(epoch: int, loss: float) -> None:
         seconds, wait = clock.lap()
         total = torch.tensor([loss * len(train), len(train)], dtype=torch.float64)
         dist.all_reduce(total)
         waits: list[Any] = [None] * job.world
         dist.all_gather_object(waits, round(wait, 4))
-        block = evaluate("validation")
+        block = scored["validation"] = evaluate("validation")  # on every rank: a collective
         if block is not None:
             val = metrics(job.task, block.y, block.X, block.w)
             row = {"epoch": epoch, "loss": float(total[0] / total[1]), "val_loss": val.get("loss")}
@@ -233,7 +235,8 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
     seconds = time.perf_counter() - start
     waits: list[Any] = [None] * job.world
     dist.all_gather_object(waits, train.waited / max(seconds, 1e-9))
-    val_block, test_block = evaluate("validation"), evaluate("test")
+    val_block = scored["validation"] if "validation" in scored else evaluate("validation")
+    test_block = evaluate("test")
     dist.barrier()
     dist.destroy_process_group()
     if job.scheduler is not None:
@@ -271,7 +274,7 @@ def main(job_path: str, fd: str) -> int:
         job: RankJob = pickle.loads(path.read_bytes())
         result = _train(job, send, path.parent)
     except BaseException as err:  # the one line the client shows, whatever failed
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        first = first_line(err)
         text = first if isinstance(err, MLaaSError) else f"{type(err).__name__}: {first}"
         send(kind="error", peer=_peer_lost(err), message=text[:500])
         return 1
