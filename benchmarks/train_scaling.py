@@ -63,6 +63,7 @@ def _step(files: list[str], specs: str, workers: int, trainers: str, params: str
                 if isinstance(last["data_wait"], list)
                 else [last["data_wait"]],
                 "all_seconds": final["seconds"],
+                "epochs": [[e["seconds"], e["data_wait"]] for e in run.metrics["epochs"]],
                 "val_auc": final["val_auc"],
                 "device": final["device"],
                 "trainers": final["trainers"],

@@ -12,7 +12,10 @@ How an epoch is put together:
 3. *Prefetch*: the partitions feeding the next ``prefetch`` chunks are computed on the workers
    (read, preprocess, tensorize) while the trainer consumes the current chunk; a partition is
    released as soon as its last chunk is built, so memory holds about ``prefetch + 1`` chunks
-   whatever the size of the data set.
+   on the workers whatever the size of the data set, and two assembled chunks in the trainer
+   (one being used, the next gathered and shuffled by a thread).  While the train split's
+   last chunks are used, the window runs on into the next epoch's first ones (up to
+   ``params.epochs``): epochs follow each other without a pause to refill.
 4. Each chunk is shuffled (seeded by seed and epoch) and cut into batches of ``batch_size``;
    the remainder of a chunk starts the next batch, so only the last batch of an epoch is short.
 
@@ -29,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import queue
+import threading
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -163,6 +168,53 @@ def _batch_sizes(n: int, batch_size: int, steps: int | None) -> Iterator[int]:
 _MIN_STEP = 20_000
 
 
+def _ahead(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
+    """``items``, produced by a thread that keeps ``depth`` of them ready ahead of the consumer.
+
+    NumPy and the Dask client release the GIL while they copy and wait, so the next chunk is
+    gathered and shuffled while the trainer computes.  An error in the thread is raised to the
+    consumer; a consumer that stops early stops the thread at its next item.
+    """
+    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                box.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put("item", item):
+                    break
+            else:
+                put("end", None)
+        except BaseException as err:  # raised again in the consumer
+            put("error", err)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="mlaas4hep-loader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = box.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
 def _partition_step(chunk_size: int, nfiles: int) -> int:
     """Entries per loader partition.
 
@@ -277,6 +329,7 @@ class BatchLoader:
         if shard is not None and len(shard.counts) != len(self.dataset.partitions):
             raise ConfigError("the shard was dealt from other partitions of these inputs")
         self._tasks: list[Any] | None = None
+        self._next: dict[int, Any] = {}  # partitions of the next epoch's first chunks, computing
         self.epoch = 0
 
     @property
@@ -376,26 +429,33 @@ class BatchLoader:
 
         Rows are shuffled within each chunk when ``shuffle`` (default: ``params.shuffle``);
         unshuffled passes give the same rows in the same order every time (evaluation,
-        XGBoost's two passes over its data).
+        XGBoost's two passes over its data).  The call starts the epoch (``epoch`` counts it);
+        a thread gathers and shuffles the next chunk while the caller works on this one.
         """
         shuffle = self.params.shuffle if shuffle is None else shuffle
+        seed = [self.params.seed, self.epoch] + ([self.shard.rank] if self.shard else [])
+        self.epoch += 1
+        # the train split's next epoch starts reading while this one ends: no pause between epochs
+        more = self.split == "train" and self.epoch < self.params.epochs
+        return _ahead(self._chunks(np.random.default_rng(seed), shuffle, more))
+
+    def _chunks(self, rng: np.random.Generator, shuffle: bool, more: bool) -> Iterator[Block]:
         chunks = self.chunks()
         last_use: dict[int, int] = {}
         for k, chunk in enumerate(chunks):
             for piece in chunk:
                 last_use[piece.partition] = k
-        seed = [self.params.seed, self.epoch] + ([self.shard.rank] if self.shard else [])
-        rng = np.random.default_rng(seed)
-        self.epoch += 1
-        pending: dict[int, Any] = {}
+        pending, self._next = self._next, {}
         ready: dict[int, Block] = {}
         depth = self.params.prefetch
         for k, chunk in enumerate(chunks):
-            for ahead in chunks[k : k + depth + 1]:
-                for piece in ahead:
+            window = chunks[k : k + depth + 1]
+            following = chunks[: max(0, k + depth + 1 - len(chunks))] if more else []
+            for ahead, into in [(window, pending), (following, self._next)]:
+                for piece in (piece for c in ahead for piece in c):
                     p = piece.partition
-                    if p not in pending and p not in ready:
-                        pending[p] = self._executor.submit(self._task(p))
+                    if p not in into and (into is self._next or p not in ready):
+                        into[p] = self._executor.submit(self._task(p))
             blocks = []
             for piece in chunk:
                 p = piece.partition

@@ -220,3 +220,65 @@ def test_framework_views_of_the_stream(three: list[Path]) -> None:
     assert np.array_equal(
         np.sort(dmatrix.get_weight()), np.sort(np.concatenate([b[2] for b in numpy_batches]))
     )
+
+
+class _Recording:
+    """The loader's own executor, noting the partitions asked for (and when)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.asked: list[str] = []
+
+    def submit(self, task: object) -> object:
+        self.asked.append(str(task.key))  # type: ignore[attr-defined]
+        return self.inner.submit(task)  # type: ignore[attr-defined]
+
+    def result(self, handle: object) -> object:
+        return self.inner.result(handle)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.inner.close()  # type: ignore[attr-defined]
+
+
+def test_the_next_epoch_starts_reading_before_this_one_ends(three: list[Path]) -> None:
+    loader = _loader(three, epochs=2, prefetch=1)
+    loader._executor = recording = _Recording(loader._executor)
+    first = {str(loader._task(p.partition).key) for p in loader.chunks()[0]}
+    chunks = loader.iter_chunks()
+    for _ in range(len(loader.chunks())):
+        next(chunks)
+    asked = len(recording.asked)
+    assert len(set(recording.asked)) == len(loader.dataset.partitions)
+    assert first <= set(recording.asked[len(loader.dataset.partitions) :])  # asked again, ahead
+    assert next(chunks, None) is None
+    assert len(list(loader.iter_chunks())) == len(loader.chunks())
+    assert len(recording.asked) == asked + len(loader.dataset.partitions) - len(first)
+    # the last epoch (epochs=2) reads nothing ahead, and other splits never do
+    assert not loader._next
+    validation = _loader(three, "validation", epochs=3)
+    list(validation.iter_chunks())
+    assert not validation._next
+
+
+def test_the_loader_thread_raises_errors_and_stops_with_its_consumer(three: list[Path]) -> None:
+    import threading
+
+    from mlaas4hep_dask.stream import _ahead
+
+    def broken() -> object:
+        yield 1
+        raise OSError("basket 3 of a.root is damaged")
+
+    got = _ahead(broken())
+    assert next(got) == 1
+    with pytest.raises(OSError, match="basket 3"):
+        next(got)
+    before = threading.active_count()
+    chunks = _loader(three).iter_chunks()
+    next(chunks)
+    chunks.close()  # a trainer that stops mid-epoch
+    for _ in range(100):
+        if threading.active_count() <= before:
+            break
+        threading.Event().wait(0.05)
+    assert not [t for t in threading.enumerate() if t.name == "mlaas4hep-loader"]
