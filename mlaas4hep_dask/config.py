@@ -77,7 +77,17 @@ class Params:
         Take the target from this flat branch (regression, per-event truth) instead of
         labels.txt.
     weight_branch
-        Per-event weights from this flat branch.
+        Per-event weights from this flat branch.  The metrics and plots use them as they are;
+        the fit uses them normalized (``weight_norm``).
+    weight_norm
+        How the training split's weights are scaled for the fit: ``"class"`` (default; each
+        class's weights sum to its number of events, so weights of any size train as well as
+        weights of 1: XGBoost's ``min_child_weight`` and the learning rate assume that scale),
+        ``"mean"`` (the mean weight is 1; regression always uses this) or ``"none"``.
+    class_weight
+        ``"balanced"``: every class weighs the same in the fit (each sums to
+        ``events / classes``), for classes of very different sizes.  ``null`` (default): as
+        the events come.
     prefetch
         Chunks prepared ahead of the trainer (memory holds at most ``prefetch + 1`` chunks).
     learning_rate
@@ -117,6 +127,8 @@ class Params:
     nan_policy: str = "replace"
     label_branch: str | None = None
     weight_branch: str | None = None
+    weight_norm: str = "class"
+    class_weight: str | None = None
     prefetch: int = 2
     learning_rate: float = 1e-3
     max_fit_events: int = 2_000_000
@@ -138,6 +150,8 @@ class Params:
         for key, allowed in (
             ("normalize", ("minmax", "standard", "none")),
             ("nan_policy", ("replace", "drop")),
+            ("weight_norm", ("class", "mean", "none")),
+            ("class_weight", (None, "balanced")),
         ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"params: {key!r} must be one of {allowed}, not {getattr(self, key)!r}")
@@ -234,7 +248,7 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)
         raise bad
-    if name in ("tree", "label_branch", "weight_branch"):
+    if name in ("tree", "label_branch", "weight_branch", "class_weight"):
         if value is None or isinstance(value, str):
             return value
         raise bad

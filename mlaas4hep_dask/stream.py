@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ._executors import Distributed, executor
+from ._weights import WeightScale, scale_of
 from .cluster import compute
 from .config import Params, load_labels, load_params
 from .errors import ConfigError, SpecsError
@@ -119,6 +120,8 @@ class Shard:
         Events of the split in every partition (all ranks'), so that no rank counts again.
     steps
         Batches per epoch, the same on every rank.
+    scale
+        The training weights' factors, the same on every rank (see :attr:`BatchLoader.weight_scale`).
     """
 
     rank: int
@@ -126,6 +129,7 @@ class Shard:
     pieces: tuple[Piece, ...]
     counts: tuple[int, ...]
     steps: int
+    scale: WeightScale | None = None
 
     def __len__(self) -> int:
         return sum(p.hi - p.lo for p in self.pieces)
@@ -166,6 +170,7 @@ def _batch_sizes(n: int, batch_size: int, steps: int | None) -> Iterator[int]:
 
 
 _MIN_STEP = 20_000
+_UNSET = object()  # the weight factors before the counting pass
 
 
 def _ahead(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
@@ -326,6 +331,9 @@ class BatchLoader:
         self._finalizer = weakref.finalize(self, self._executor.close)
         self.shard = shard
         self._counts: list[int] | None = None if shard is None else list(shard.counts)
+        self._scale: WeightScale | object | None = _UNSET if shard is None else shard.scale
+        if self._counts is not None or not self._needs_scale():
+            self._scale = None if self._scale is _UNSET else self._scale
         if shard is not None and len(shard.counts) != len(self.dataset.partitions):
             raise ConfigError("the shard was dealt from other partitions of these inputs")
         self._tasks: list[Any] | None = None
@@ -353,7 +361,33 @@ class BatchLoader:
         ``ceil(batch_size / world)`` events of it, so N trainers follow the path of one.
         """
         files = [f for f, _, _ in self.dataset.partitions]
-        return deal(self.counts, files, world, math.ceil(self.params.batch_size / world))
+        shards = deal(self.counts, files, world, math.ceil(self.params.batch_size / world))
+        scale = self.weight_scale
+        return [dataclasses.replace(s, scale=scale) for s in shards] if scale is not None else shards
+
+    @property
+    def weighted(self) -> bool:
+        """Whether batches carry weights: a ``weight_branch``, or training weights per class."""
+        return bool(self.params.weight_branch) or self.weight_scale is not None
+
+    @property
+    def weight_scale(self) -> WeightScale | None:
+        """Factors from the physical weights to the training split's fit weights (``None``: as they are).
+
+        ``weight_norm`` and ``class_weight`` (see :class:`~mlaas4hep_dask.config.Params`); the
+        other splits keep the physical weights, which the metrics use.  Computed with the
+        counts, in the same pass.
+        """
+        if self.split != "train":
+            return None
+        if self._scale is _UNSET:
+            self.counts  # noqa: B018 - the pass that counts also sums the weights
+        return self._scale  # type: ignore[return-value]
+
+    def _needs_scale(self) -> bool:
+        p = self.params
+        wanted = p.class_weight is not None or (p.weight_branch is not None and p.weight_norm != "none")
+        return self.split == "train" and wanted
 
     @property
     def counts(self) -> list[int]:
@@ -363,37 +397,46 @@ class BatchLoader:
         return self._counts
 
     def _count(self) -> list[int]:
-        parts = self.dataset.partitions
-        needs_data = bool(self.plan.cuts) or self.layout.drop_nonfinite
-        code = self._tensorize.code
-        if not needs_data:
-            p = self.params
-            return [
-                int(
-                    np.count_nonzero(
-                        split_codes(f, np.arange(a, b), p.seed, p.split, p.test_fraction) == code
-                    )
-                )
-                for f, a, b in parts
+        p, t = self.params, self._tensorize
+        from_codes = not (self.plan.cuts or self.layout.drop_nonfinite)  # no data needed
+        summing = self._needs_scale()  # and the weights summed per class, in the same pass
+        if summing and not (from_codes and p.weight_branch is None and p.label_branch is None):
+            summer = Tensorize(self.plan, self.layout, p, self.split, self.labels, summing=True)
+            extras = [b for b in (p.label_branch, p.weight_branch) if b]
+            parts = self._pass(summer, (*self.plan.cut_columns, *extras) if summer.reads_little else None)
+            self._scale = t.scale = scale_of(parts, p, summer.classes)
+            return [int(n.sum()) for _, n, _ in parts]
+        if not from_codes:
+            counter = Tensorize(self.plan, self.layout, p, self.split, self.labels, count_only=True)
+            columns = None if self.layout.drop_nonfinite else self.plan.cut_columns
+            return [int(n) for n in self._pass(counter, columns)]
+        partitions = self.dataset.partitions
+        codes = (split_codes(f, np.arange(a, b), p.seed, p.split, p.test_fraction) for f, a, b in partitions)
+        counts = [int(np.count_nonzero(c == t.code)) for c in codes]
+        if summing:  # one label per file, no weights: every event weighs 1
+            labels = t.labels if t.labels is not None else np.zeros(len(self.dataset.files))
+            parts = [
+                (labels[f : f + 1], np.array([n]), np.array([float(n)]))
+                for (f, _, _), n in zip(partitions, counts, strict=True)
             ]
+            self._scale = t.scale = scale_of(parts, p, t.classes)
+        return counts
+
+    def _pass(self, call: Tensorize, columns: Sequence[str] | None) -> list[Any]:
+        """``call`` on every partition of ``columns`` (``None``: all the plan reads), computed now."""
         import dask
 
-        columns = self.plan.columns if self.layout.drop_nonfinite else self.plan.cut_columns
-        counter = dask.delayed(
-            Tensorize(self.plan, self.layout, self.params, self.split, self.labels, count_only=True),
-            pure=True,
-        )
-        tasks = [
-            counter(part, f, a)
-            for part, (f, a, _) in zip(self.dataset.delayed_partitions(columns), parts, strict=True)
-        ]
+        delayed = dask.delayed(call, pure=True)
+        read = self.dataset.delayed_partitions(self.plan.columns if columns is None else tuple(columns))
+        tasks = [delayed(part, f, a) for part, (f, a, _) in zip(read, self.dataset.partitions, strict=True)]
         target = self._executor.client if isinstance(self._executor, Distributed) else "threads"
-        return [int(n) for n in compute(tasks, target)]
+        return list(compute(tasks, target))
 
     def _task(self, partition: int) -> Any:
         import dask
 
         if self._tasks is None:
+            self._tensorize.scale = self.weight_scale
             tensorize = dask.delayed(self._tensorize, pure=True)
             self._tasks = [
                 tensorize(part, f, a)
@@ -508,7 +551,7 @@ class BatchLoader:
         if target is None:
             raise ConfigError("a tf.data.Dataset of (X, y) needs targets: give labels or 'label_branch'")
         signature: list[Any] = [tf.TensorSpec((None, self.idim), tf.float32), tf.TensorSpec((None,), target)]
-        if self.params.weight_branch:
+        if self.weighted:
             signature.append(tf.TensorSpec((None,), tf.float32))
         return tf.data.Dataset.from_generator(lambda: iter(self), output_signature=tuple(signature))
 

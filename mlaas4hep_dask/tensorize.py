@@ -19,6 +19,7 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
+from ._weights import WeightScale, sums
 from .config import Params
 from .errors import ConfigError
 from .preprocess import Plan, passing
@@ -269,6 +270,11 @@ class Tensorize:
         One label per input file, or ``None`` (then ``params.label_branch`` or no target).
     count_only
         Return only the number of events (for planning; reads no feature when possible).
+    summing
+        Return the events and summed weights per class (:func:`~mlaas4hep_dask._weights.sums`),
+        reading only the cut, label and weight branches when possible.
+    scale
+        Factors from physical to training weights (set on the training split's callable).
     """
 
     def __init__(
@@ -279,6 +285,8 @@ class Tensorize:
         split: str,
         labels: Sequence[float] | None = None,
         count_only: bool = False,
+        summing: bool = False,
+        scale: WeightScale | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {SPLITS}, not {split!r}")
@@ -288,7 +296,7 @@ class Tensorize:
         self.split, self.test_fraction, self.seed = params.split, params.test_fraction, params.seed
         self.label_branch, self.weight_branch = params.label_branch, params.weight_branch
         self.labels = None if labels is None else np.asarray(labels)
-        self.count_only = count_only
+        self.count_only, self.summing, self.scale = count_only, summing, scale
         self.target_dtype: np.dtype | None = None
         if self.label_branch is not None:
             self.target_dtype = _target_dtype_of(np.dtype(plan.extras[self.label_branch].dtype))
@@ -300,6 +308,12 @@ class Tensorize:
             keep = self.plan.keep(partition) if self.plan.cuts else None
             entries = start + passing(keep, len(partition))
             return int(np.count_nonzero(self._codes(file_index, entries) == self.code))
+        if self.summing and self.reads_little:
+            keep = self.plan.keep(partition) if self.plan.cuts else None
+            positions = passing(keep, len(partition))
+            mine = positions[self._codes(file_index, start + positions) == self.code]
+            record = partition[mine]
+            return sums(self._target(record, file_index), self._weight(record), self.classes)
         selection = self.plan.select(partition)
         entries = start + selection.positions
         mine = self._codes(file_index, entries) == self.code
@@ -307,9 +321,30 @@ class Tensorize:
         X, rows = self.layout.transform(record)
         if self.count_only:
             return len(X)
-        y = self._target(record, file_index)
-        w = None if self.weight_branch is None else ak.to_numpy(record[self.weight_branch]).astype(np.float32)
-        return (X, y, w) if rows is None else (X, _take(y, rows), _take(w, rows))
+        y, w = self._target(record, file_index), self._weight(record)
+        if rows is not None:
+            y, w = _take(y, rows), _take(w, rows)
+        if self.summing:
+            return sums(y, w, self.classes)
+        if self.scale is not None:
+            w = self.scale.apply(y, w, len(X))
+        return X, y, w
+
+    @property
+    def classes(self) -> bool:
+        """Whether the targets are classes (integers), not values to regress."""
+        return self.target_dtype is not None and self.target_dtype.kind == "i"
+
+    @property
+    def reads_little(self) -> bool:
+        """Whether counting and summing need only the cut, label and weight branches."""
+        extras = [b for b in (self.label_branch, self.weight_branch) if b]
+        return not self.layout.drop_nonfinite and all(b in self.plan.columns for b in extras)
+
+    def _weight(self, record: ak.Array) -> np.ndarray | None:
+        if self.weight_branch is None:
+            return None
+        return ak.to_numpy(record[self.weight_branch]).astype(np.float32)
 
     def _codes(self, file_index: int, entries: np.ndarray) -> np.ndarray:
         return split_codes(file_index, entries, self.seed, self.split, self.test_fraction)

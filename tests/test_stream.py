@@ -34,7 +34,7 @@ def _ids(loader: BatchLoader) -> list[tuple[int, int]]:
     return out
 
 
-PARAMS = {"chunk_size": 700, "batch_size": 64, "weight_branch": "event", "seed": 5}
+PARAMS = {"chunk_size": 700, "batch_size": 64, "weight_branch": "event", "weight_norm": "none", "seed": 5}
 
 
 def _loader(

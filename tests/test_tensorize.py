@@ -86,11 +86,14 @@ def test_nan_policy_drop(small: Path) -> None:
 
 
 def test_label_branch_and_weights(small: Path) -> None:
-    _, _, (X, y, w) = _all(small, {"label_branch": "target", "weight_branch": "w"})
+    params = {"label_branch": "target", "weight_branch": "w", "weight_norm": "none"}
+    _, _, (X, y, w) = _all(small, params)
     np.testing.assert_allclose(y, [0.5, 1.5, 2.5, 3.5, 4.5])
     assert y.dtype == np.float32
     np.testing.assert_allclose(w, [1.0, 2.0, 1.0, 0.5, 1.0])
     assert X.shape == (5, 6)
+    _, _, (_, _, w) = _all(small, {**params, "weight_norm": "class"})  # a regression: the mean is 1
+    np.testing.assert_allclose(w, np.array([1.0, 2.0, 1.0, 0.5, 1.0]) / 1.1, rtol=1e-6)
 
 
 def test_labels_from_file_are_integer_classes(generated: list[Path], tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def _dask_matrix(xgb: Any, loader: BatchLoader, client: Any, workers: list[str] 
         task = loader._task(p)
         xs.append(da.from_delayed(pick(task, 0), shape=(n, loader.idim), dtype=np.float32))
         ys.append(da.from_delayed(pick(task, 1), shape=(n,), dtype=np.float32))
-        if loader.params.weight_branch:
+        if loader.weighted:
             ws.append(da.from_delayed(pick(task, 2), shape=(n,), dtype=np.float32))
     arrays = [da.concatenate(xs), da.concatenate(ys)] + ([da.concatenate(ws)] if ws else [])
     if workers is not None:
