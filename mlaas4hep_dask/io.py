@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import glob
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -63,6 +64,7 @@ class InputFile:
     tree: str
     entries: int
     baskets: Mapping[str, BasketLayout] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    uuid: str = dataclasses.field(default="", compare=False, repr=False)  # the same in a copy of the file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +293,8 @@ def _inspect(path: str, params: Params) -> tuple[InputFile, dict[str, Branch | s
         for name, info in classified.items()
         if isinstance(info, Branch) and (layout := basket_layout(ttree[name])) is not None
     }
-    return InputFile(path, url, tree_path, int(ttree.num_entries), baskets), classified
+    uuid = str(getattr(ttree.file, "uuid", "") or "")
+    return InputFile(path, url, tree_path, int(ttree.num_entries), baskets, uuid), classified
 
 
 def _check_same_schema(
@@ -327,12 +330,26 @@ def _partitions(
 
 
 def _check_unique(files: Sequence[InputFile]) -> None:
-    """Refuse a file given twice: its events would be read (and trained on) twice."""
+    """Refuse a file given twice: its events would be read (and trained on) twice.
+
+    Two names of one file (a copy, a link) carry the same ROOT file UUID: a warning, since a
+    signal and a background that are the same data teach a model nothing.
+    """
     seen: dict[str, int] = {}
+    copies: dict[str, int] = {}
     for i, f in enumerate(files):
         if f.url in seen:
             raise InputError(f"input file {f.path!r} is listed twice (entries {seen[f.url] + 1} and {i + 1})")
         seen[f.url] = i
+        if f.uuid and f.uuid in copies:
+            first = files[copies[f.uuid]]
+            warnings.warn(
+                f"input files {first.path!r} and {f.path!r} are the same ROOT file (UUID {f.uuid}, "
+                f"{f.entries} entries each): its events count twice",
+                UserWarning,
+                stacklevel=4,
+            )
+        copies.setdefault(f.uuid, i)
 
 
 def open_dataset(

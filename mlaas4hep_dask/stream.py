@@ -233,10 +233,24 @@ def _partition_step(chunk_size: int, nfiles: int) -> int:
     return min(chunk_size, max(2 * math.ceil(chunk_size / nfiles), _MIN_STEP))
 
 
-def _check_specs(specs: Specs, plan: Plan, recipe: Preproc | None, dataset: Dataset) -> None:
-    """Refuse specs that do not describe these inputs after this preprocessing."""
-    ours = {n: b.kind for n, b in plan.branches.items()}
+def _check_specs(specs: Specs, plan: Plan, recipe: Preproc | None, dataset: Dataset) -> Specs:
+    """Refuse specs that do not describe these inputs after this preprocessing.
+
+    Specs of the original tool list the flat branches, then the jagged ones: they are put in
+    the tree's order (with a warning saying what moved); ours must match it already.
+    """
+    ours: dict[str, str] = {n: b.kind for n, b in plan.branches.items()}
     theirs = {n: b.kind for n, b in specs.branches.items()}
+    if specs.from_original_tool and ours == theirs and list(ours) != list(theirs):
+        moved = [n for n, o in zip(ours, theirs, strict=True) if n != o]
+        warnings.warn(
+            f"the original tool's specs list their branches in another order: {len(moved)} put in the "
+            f"tree's order ({', '.join(moved[:6])}{', ...' if len(moved) > 6 else ''})",
+            UserWarning,
+            stacklevel=3,
+        )
+        specs = dataclasses.replace(specs, branches={n: specs.branches[n] for n in ours})
+        theirs = ours
     if ours != theirs or list(ours) != list(theirs):
         missing = [n for n in theirs if n not in ours]
         extra = [n for n in ours if n not in theirs]
@@ -265,6 +279,7 @@ def _check_specs(specs: Specs, plan: Plan, recipe: Preproc | None, dataset: Data
             UserWarning,
             stacklevel=3,
         )
+    return specs
 
 
 class BatchLoader:
@@ -320,7 +335,7 @@ class BatchLoader:
         self.plan = make_plan(recipe, dataset.available, dataset.branches, extras)
         step = _partition_step(self.params.chunk_size, len(dataset.files))
         self.dataset = dataset.with_step(step, self.plan.columns)
-        _check_specs(self.specs, self.plan, recipe, self.dataset)
+        self.specs = _check_specs(self.specs, self.plan, recipe, self.dataset)
         if labels is not None and self.params.label_branch is not None:
             raise ConfigError("give either labels (labels.txt) or 'label_branch' in params, not both")
         self.labels = load_labels(labels, len(self.dataset.files))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import awkward as ak
@@ -23,6 +24,17 @@ def test_file_listed_twice(generated: list[Path]) -> None:
     again = f"{generated[0].parent}/./{generated[0].name}"  # the same file, spelled differently
     with pytest.raises(m.InputError, match=r"ttH_0\.root' is listed twice \(entries 1 and 3\)"):
         m.compute_specs([generated[0], generated[1], again], client="sync")
+
+
+def test_a_copy_of_an_input_under_another_name_is_flagged(generated: list[Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = shutil.copy(generated[1], tmp_path / "signal.root")  # a background relabelled as signal
+    with pytest.warns(UserWarning, match=r"'.*ttbar_0\.root' and '.*signal\.root' are the same ROOT file"):
+        m.open_dataset([generated[0], generated[1], copy])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.open_dataset(generated)  # two files written apart: different UUIDs
 
 
 @pytest.mark.parametrize("content", [b"hello, not ROOT", b"\x89PNG" + b"\0" * 5000])

@@ -184,3 +184,33 @@ def test_an_opened_dataset_is_reused_only_with_its_params(generated: list[Path])
     assert m.compute_specs(ds, {"chunk_size": 1000}, client="sync").nevents == 6000
     with pytest.raises(m.ConfigError, match="other params than the ones it was opened with"):
         open_dataset(ds, {"chunk_size": 500})
+
+
+def test_original_specs_in_flat_then_jagged_order_are_put_in_the_trees(
+    generated: list[Path], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    params = {"chunk_size": 5000, "shuffle": False, "batch_size": 100_000}
+    ours = m.compute_specs(generated, params, client="sync")
+    flat, jagged = ours.flat, ours.jagged
+    assert list(ours.branches) != flat + jagged  # the tree mixes them: the original order differs
+    b = ours.branches
+    original = {
+        "fkeys": flat[::-1],
+        "jkeys": jagged,
+        "jdim": {n: b[n].jdim for n in jagged},
+        "minv": {n: b[n].min for n in b},
+        "maxv": {n: b[n].max for n in b},
+        "nans": dict.fromkeys(b, 0.0),
+    }
+    path = tmp_path / "specs-original.json"
+    path.write_text(json.dumps(original))
+    with pytest.warns(UserWarning, match=r"another order: \d+ put in the tree's order \("):
+        loader = m.BatchLoader(generated, path, params, labels=[1, 0], split="test", client="sync")
+    assert loader.features == ours.features
+    X, _ = next(iter(loader))
+    expected, _ = next(
+        iter(m.BatchLoader(generated, ours, params, labels=[1, 0], split="test", client="sync"))
+    )
+    np.testing.assert_array_equal(X, expected)

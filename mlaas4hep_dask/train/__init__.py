@@ -257,11 +257,12 @@ def train(
         )  # fmt: skip
     elif not isinstance(specs, Specs):
         specs = Specs.load(specs)
+    train_loader = BatchLoader(dataset, specs, p, recipe, labels, "train", client)
+    specs = train_loader.specs  # the original tool's specs come back in the tree's order
     specs.save(run_dir / "specs.json")
-    loaders = {
-        s: BatchLoader(dataset, specs, p, recipe, labels, s, client) for s in ("train", "validation", "test")
+    loaders = {"train": train_loader} | {
+        s: BatchLoader(dataset, specs, p, recipe, labels, s, client) for s in ("validation", "test")
     }
-    train_loader = loaders["train"]
     if train_loader.labels is None and p.label_branch is None:
         raise ConfigError(
             "training needs targets: give labels.txt (--labels) or 'label_branch' in params.json"
