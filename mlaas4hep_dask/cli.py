@@ -56,10 +56,13 @@ def _print_specs(specs: Any, out: Path, seconds: float) -> None:
         table.add_column(col, no_wrap=True)
     for col in ("min", "max", "mean", "std", "nonfinite", "jdim", "mean_len"):
         table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("note", no_wrap=True)
+    constant = set(specs.constant)
     for name, b in list(specs.branches.items())[:_MAX_ROWS]:
         table.add_row(
             name, b.kind, b.dtype, _fmt(b.min), _fmt(b.max), _fmt(b.mean), _fmt(b.std),
             _fmt(b.nonfinite), _fmt(b.jdim), _fmt(b.mean_len),
+            "[yellow]constant[/]" if name in constant else "",
         )  # fmt: skip
     console.print(table)
     if len(specs.branches) > _MAX_ROWS:
@@ -79,6 +82,12 @@ def _print_specs(specs: Any, out: Path, seconds: float) -> None:
             )  # fmt: skip
             previous = n
         console.print(flow)
+    if constant:
+        names = ", ".join(list(constant)[:8]) + (", ..." if len(constant) > 8 else "")
+        console.print(
+            f"[yellow]{len(constant)} constant branches[/] (one value in every event; they carry "
+            f"nothing for a model: add them to 'exclude_branches'): {names}"
+        )
     if specs.skipped:
         console.print(f"skipped {len(specs.skipped)} unsupported branches (listed in {out})")
     rate = specs.nevents / seconds if seconds > 0 else float("nan")

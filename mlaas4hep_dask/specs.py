@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ class BranchSpec:
     nonfinite: int = 0
     jdim: int | None = None
     mean_len: float | None = None
+
+    @property
+    def constant(self) -> bool:
+        """One value in every event (or no value at all): a feature that carries nothing."""
+        return self.min is None or self.min == self.max
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -104,6 +110,11 @@ class Specs:
     def from_original_tool(self) -> bool:
         """Whether these specs were read from the original MLaaS4HEP format (no trees, no preproc)."""
         return not self.files or not all(f.tree for f in self.files)
+
+    @property
+    def constant(self) -> list[str]:
+        """Branches with one value in every event of every file (see :attr:`BranchSpec.constant`)."""
+        return [n for n, b in self.branches.items() if b.constant and not self.from_original_tool]
 
     @property
     def nevents(self) -> int:
@@ -305,4 +316,34 @@ def compute_specs(
     dataset = open_dataset(files, load_params(params))
     plan = make_plan(recipe, dataset.available, dataset.branches)
     (stats,) = compute([build_specs_graph(dataset, plan)], client, progress=progress)
-    return specs_from_stats(dataset, stats, plan)
+    specs = specs_from_stats(dataset, stats, plan)
+    if not dataset.params.selected_branches:
+        _warn_if_many(specs)
+    return specs
+
+
+_MANY_BRANCHES = 100
+_NOT_FOR_TRAINING = {
+    "generator truth": ("Gen", "LHE", "Generator_", "genWeight"),
+    "trigger bits": ("HLT_", "L1_"),
+}
+
+
+def _warn_if_many(specs: Specs) -> None:
+    """A tree of hundreds of branches, none selected: say what that makes the model's input."""
+    if len(specs.branches) <= _MANY_BRANCHES:
+        return
+    among = [
+        f"{what} ({'/'.join(p + '*' for p in prefixes[:2])}: {n})"
+        for what, prefixes in _NOT_FOR_TRAINING.items()
+        if (n := sum(name.startswith(prefixes) for name in specs.branches))
+    ]
+    warnings.warn(
+        f"no 'selected_branches': all {len(specs.branches)} branches of the tree are features, "
+        f"input dimension {specs.idim} ({len(specs.jagged)} jagged branches padded to their longest "
+        f"lists; {len(specs.constant)} constant)"
+        + (f", {' and '.join(among)} among them" if among else "")
+        + "; list the ones the model should see in 'selected_branches' (wildcards allowed)",
+        UserWarning,
+        stacklevel=3,
+    )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,22 @@ def test_the_service_refuses_to_run_jobs_unsandboxed_unless_told(tmp_path: Path)
     assert "jobs cannot be sandboxed here: bubblewrap (bwrap) is not installed" in refused.stderr
     assert "--unsandboxed-jobs" in refused.stderr
     assert not (tmp_path / "w").exists()  # refused before creating anything
+
+
+def test_the_specs_table_flags_constant_branches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    import uproot
+
+    path = tmp_path / "constant.root"
+    with uproot.recreate(path) as f:
+        f.mktree("events", {"pt": np.float32, "btag": np.float32}).extend(
+            {"pt": np.linspace(1, 50, 400, dtype=np.float32), "btag": np.full(400, -1.0, np.float32)}
+        )
+    assert (
+        main(["specs", "--files", str(path), "--out", str(tmp_path / "s.json"), "--scheduler", "sync"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert re.search(r"btag .* constant", printed)
+    assert not re.search(r"pt .* constant", printed)
+    assert "1 constant branches (one value in every event" in printed
+    assert "'exclude_branches'): btag" in printed

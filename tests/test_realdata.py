@@ -103,3 +103,19 @@ def test_cms_nanoaod_all_branches_match() -> None:
     data = read_all([path], "Events", list(specs.branches))
     for name, spec in specs.branches.items():
         assert_branch_matches(spec, branch_stats(data[name]), name)
+
+
+def test_a_tree_of_hundreds_of_branches_none_selected_says_what_it_makes() -> None:
+    path = real_file("nanoAOD_2015_CMS_Open_Data_ttbar.root")
+    pattern = (
+        r"all 944 branches of the tree are features, input dimension 2466 \(344 jagged .*; \d+ constant\), "
+        r"generator truth \(Gen\*/LHE\*: \d+\) and trigger bits \(HLT_\*/L1_\*: \d+\) among them; .*'selected_branches'"
+    )
+    with pytest.warns(UserWarning, match=pattern):
+        specs = m.compute_specs([path], {"chunk_size": 200}, client="sync")
+    assert "Jet_btagDeepB" in specs.constant  # -1 in every jet of this file, as the issue found
+    assert specs.branches["Jet_btagDeepB"].min == specs.branches["Jet_btagDeepB"].max == -1
+    assert "Jet_pt" not in specs.constant
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.compute_specs([path], {"chunk_size": 200, "selected_branches": ["Jet_*"]}, client="sync")
