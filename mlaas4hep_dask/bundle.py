@@ -143,6 +143,6 @@ def load_bundle(path: str | Path) -> Bundle:
     if layout.features != manifest["features"]:
         raise SpecsError(f"{str(path)!r}: bundle.json features do not match its specs and params")
     inputs = {n: Branch(n, b["kind"], b["dtype"]) for n, b in manifest["inputs"].items()}
-    plan = make_plan(preproc, inputs, {n: inputs[n] for n in manifest["selected"]})
+    plan = make_plan(preproc, inputs, {n: inputs[n] for n in manifest["selected"]}).for_scoring()
     model = backend(manifest["framework"]).load(path / manifest["model"])
     return Bundle(path, manifest, specs, params, preproc, layout, model, plan, inputs)

@@ -117,6 +117,25 @@ class Plan:
         flow, keep = _cumulative(masks)
         return Selection(record[keep], [len(array), *flow], keep)
 
+    def for_scoring(self) -> Plan:
+        """This plan without what only the label or weight needs: what scoring raw events reads.
+
+        New branches that no feature, cut or other kept new branch uses are dropped, and with
+        them the raw branches only they read (a truth branch that made the label, say).
+        """
+        need = set(self.branches) | {n for cut in self.cuts for n in cut.expr.names}
+        kept = []
+        for nb in reversed(self.preproc.new_branches if self.preproc else ()):
+            if nb.name in need:
+                need |= set(nb.expr.names)
+                kept.append(nb)
+        preproc = (
+            None
+            if self.preproc is None
+            else dataclasses.replace(self.preproc, new_branches=tuple(kept[::-1]))
+        )
+        return Plan(tuple(c for c in self.columns if c in need), self.branches, self.cuts, preproc)
+
     @property
     def cut_columns(self) -> tuple[str, ...]:
         """The branches to read to decide which events pass (nothing when there is no cut)."""

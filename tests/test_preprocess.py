@@ -285,3 +285,22 @@ def test_mismatched_vectors_fail_on_the_data_naming_the_entry() -> None:
         m.ExpressionError, match=r"preproc new_branch 'x' def: 'jetbtag \* muoniso' failed on the data"
     ):
         m.compute_specs([path], params, preproc=preproc, client="sync")
+
+
+def test_scoring_reads_nothing_that_only_made_the_label(generated: list[Path]) -> None:
+    recipe = load_preproc(
+        {
+            "new_branch": {
+                "is_busy": {"def": "nPartons > 6", "type": "flat", "remove": True},  # the label only
+                "ht2": {"def": "HT * 2", "type": "flat", "cut": "ht2 > 100", "remove": True},  # a cut
+            }
+        }
+    )
+    ds = open_dataset(generated, {"selected_branches": ["MET", "jetPt"]})
+    plan = make_plan(recipe, ds.available, ds.branches, ["is_busy"])
+    assert set(plan.columns) == {"MET", "jetPt", "nPartons", "HT"}
+    scoring = plan.for_scoring()
+    assert set(scoring.columns) == {"MET", "jetPt", "HT"}  # HT feeds a cut: still read
+    assert [nb.name for nb in scoring.preproc.new_branches] == ["ht2"]  # type: ignore[union-attr]
+    events = read_all(generated, "events", ["MET", "jetPt", "HT"])
+    assert len(scoring.select(events).record) == int(ak.sum(events.HT * 2 > 100))

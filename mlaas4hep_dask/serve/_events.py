@@ -1,7 +1,9 @@
 """Raw events (JSON objects) to the rows a bundle's model was trained on.
 
-Each event must give exactly the raw branches the bundle reads (features and branches its
-cuts use): a number for a flat branch, a list of numbers for a jagged one.  They go through
+Each event must give the raw branches the bundle reads (features and branches its cuts use):
+a number for a flat branch, a list of numbers for a jagged one.  Other branches of a whole
+event are ignored (and named once in the answer); a branch that only made the label or the
+weight is not asked for.  They go through
 the bundle's own preprocessing, padding and normalization.  Events that fail the bundle's
 cuts get no score (``None``), so the answer keeps the order and length of the request.
 """
@@ -44,7 +46,7 @@ def _fast_columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str,
         array = ak.from_iter(events)
     except (ValueError, TypeError):
         return None
-    if set(array.fields) != set(inputs):
+    if not set(inputs) <= set(array.fields):
         return None
     out: dict[str, Any] = {}
     for name, branch in inputs.items():
@@ -84,9 +86,6 @@ def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]
         missing = [n for n in inputs if n not in event]
         if missing:
             raise EventError(f"events[{i}]: missing branch {missing[0]!r} (the model reads {sorted(inputs)})")
-        extra = [k for k in event if k not in inputs]
-        if extra:
-            raise EventError(f"events[{i}]: unknown branch {extra[0]!r} (the model reads {sorted(inputs)})")
         for name, branch in inputs.items():
             value = event[name]
             where = f"events[{i}].{name}"
@@ -107,15 +106,17 @@ def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-def prepare_events(bundle: Bundle, events: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of X for the events that pass the bundle's cuts, and their positions in ``events``."""
+def prepare_events(bundle: Bundle, events: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rows of X for the events that pass the bundle's cuts, their positions in ``events``, and
+    the branches the events gave that the bundle does not read."""
     inputs = {name: bundle.inputs[name] for name in bundle.plan.columns}
     columns = _fast_columns(events, inputs) if isinstance(events, list) and events else None
     array = ak.zip(columns if columns is not None else _columns(events, inputs), depth_limit=1)
     selection = bundle.plan.select(array)
     X, rows = bundle.layout.transform(selection.record)
     positions = selection.positions
-    return X, positions if rows is None else positions[rows]
+    ignored = sorted(set().union(*events) - set(inputs))
+    return X, positions if rows is None else positions[rows], ignored
 
 
 def prepare_inputs(bundle: Bundle, inputs: Any) -> np.ndarray:

@@ -148,6 +148,7 @@ def create_app(repository: Repository, max_body: int = MAX_BODY) -> FastAPI:
     async def predict(name: str, request: Request, version: int | None = None) -> dict[str, Any]:
         info, bundle = repository.load(name, version)
         kind, payload = await _body(request)
+        ignored: list[str] = []
         if kind == "inputs":
             X, positions, n = prepare_inputs(bundle, payload), None, None
         else:
@@ -156,13 +157,14 @@ def create_app(repository: Repository, max_body: int = MAX_BODY) -> FastAPI:
                 raise EventError(f"give exactly one of 'events' or 'inputs' (got {sorted(payload)})")
             if "events" in payload:
                 n = len(payload["events"]) if isinstance(payload["events"], list) else 0
-                X, positions = prepare_events(bundle, payload["events"])
+                X, positions, ignored = prepare_events(bundle, payload["events"])
             else:
                 X, positions, n = prepare_inputs(bundle, payload["inputs"]), None, None
         values = bundle.predict_features(X) if len(X) else np.zeros((0,), np.float32)
         metrics.events.labels(name).inc(len(X))
         scores = values.tolist() if positions is None else _scores(values, positions, n or 0)
-        return {"model": info.name, "version": info.version, "scores": scores}
+        answer = {"model": info.name, "version": info.version, "scores": scores}
+        return answer | ({"ignored": ignored} if ignored else {})
 
     @app.post("/json")
     async def tfaas(request: Request) -> list[Any]:
