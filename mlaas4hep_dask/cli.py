@@ -341,6 +341,7 @@ def _connect(args: argparse.Namespace) -> Any:
         n_workers=getattr(args, "workers", None),
         threads_per_worker=getattr(args, "threads", None),
         memory_limit=getattr(args, "memory_limit", None),
+        dashboard_address=getattr(args, "dashboard_address", None),
     )
 
 
@@ -364,6 +365,12 @@ def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=None, help="LocalCluster threads per worker (default 1)"
     )
     parser.add_argument("--memory-limit", default=None, help="LocalCluster memory per worker, e.g. 4GB")
+    parser.add_argument(
+        "--dashboard-address",
+        metavar="[HOST]:PORT",
+        default=None,
+        help="where the Dask dashboard of the cluster we start listens (default: a free port)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

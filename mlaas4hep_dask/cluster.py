@@ -40,9 +40,16 @@ WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": 2**30, "MALLOC_MMAP_THRESHOLD_": 2**
 
 
 def local_cluster(
-    n_workers: int | None = None, threads_per_worker: int | None = 1, memory_limit: str | None = None
+    n_workers: int | None = None,
+    threads_per_worker: int | None = 1,
+    memory_limit: str | None = None,
+    dashboard_address: str | None = None,
 ) -> Any:
-    """Start a ``distributed.LocalCluster`` of worker processes tuned for array work."""
+    """Start a ``distributed.LocalCluster`` of worker processes tuned for array work.
+
+    The dashboard listens on ``dashboard_address`` (``HOST:PORT`` or ``:PORT``); by default on
+    ``mlaas4hep.cluster.dashboard-address`` of the Dask config, else on a free port.
+    """
     from distributed import LocalCluster
 
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRON}
@@ -52,8 +59,13 @@ def local_cluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker or 1,
             memory_limit=memory_limit or "auto",
-            dashboard_address=":0",
+            dashboard_address=dashboard_address or _dashboard_address() or ":0",
         )
+
+
+def _dashboard_address() -> str | None:
+    value = dask.config.get("mlaas4hep.cluster.dashboard-address", None)
+    return None if value is None else str(value)
 
 
 def load_cluster_config(path: str | Path) -> dict[str, Any]:
@@ -87,16 +99,21 @@ def _optional(module: str, extra: str) -> Any:
         raise ConfigError(f"this cluster needs {package}: pip install 'mlaas4hep-dask[{extra}]'") from None
 
 
-def _start_cluster(kind: str, n_workers: int | None, threads: int | None, memory: str | None) -> Any:
+def _start_cluster(
+    kind: str, n_workers: int | None, threads: int | None, memory: str | None, dashboard: str | None
+) -> Any:
     """Start the cluster of ``kind`` from the Dask config (and the arguments, which take precedence)."""
+    dashboard = dashboard or _dashboard_address()
     if kind == "local":
         return local_cluster(
             n_workers or dask.config.get("mlaas4hep.cluster.workers", None),
             threads or dask.config.get("mlaas4hep.cluster.threads", 1),
             memory or dask.config.get("mlaas4hep.cluster.memory", None),
+            dashboard,
         )
     if kind == "htcondor":
-        cluster = _optional("dask_jobqueue", "htcondor").HTCondorCluster()
+        options = {"scheduler_options": {"dashboard_address": dashboard}} if dashboard else {}
+        cluster = _optional("dask_jobqueue", "htcondor").HTCondorCluster(**options)
     else:
         operator = _optional("dask_kubernetes.operator", "kubernetes")
         cluster = operator.KubeCluster(**dask.config.get("mlaas4hep.cluster.kubernetes", {}))
@@ -110,12 +127,15 @@ def connect(
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
     memory_limit: str | None = None,
+    dashboard_address: str | None = None,
 ) -> Iterator[Any]:
     """Yield what :func:`compute` needs to run on ``scheduler``: a Client or a scheduler name.
 
     A cluster is started (and shut down on exit) for ``"local"``, ``"htcondor"`` and
     ``"kubernetes"``; an existing scheduler is connected to for an address.  ``None`` takes
-    ``mlaas4hep.cluster.kind`` from the Dask config (default ``"local"``).
+    ``mlaas4hep.cluster.kind`` from the Dask config (default ``"local"``).  The dashboard of a
+    cluster started here listens on ``dashboard_address`` (else the config's
+    ``mlaas4hep.cluster.dashboard-address``, else a free port).
 
     Examples
     --------
@@ -133,7 +153,7 @@ def connect(
     # None: the loader decides (straight from workers on this machine, else via the scheduler)
     direct = dask.config.get("mlaas4hep.cluster.direct-to-workers", None)
     if scheduler in ("local", "htcondor", "kubernetes"):
-        cluster = _start_cluster(scheduler, n_workers, threads_per_worker, memory_limit)
+        cluster = _start_cluster(scheduler, n_workers, threads_per_worker, memory_limit, dashboard_address)
         try:
             with Client(cluster, direct_to_workers=direct) as client:
                 yield client

@@ -214,3 +214,18 @@ def test_the_dashboard_serves_its_pages_while_a_computation_runs() -> None:
         assert workers.status_code == 200
         assert next(iter(client.scheduler_info()["workers"])) in workers.text  # live content
         running.cancel()
+
+
+def test_dashboard_address_pins_the_port(
+    generated: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlaas4hep_dask.cli import main
+
+    from ._servers import free_port
+
+    port = free_port()
+    args = ["specs", "--files", str(generated[0]), "--out", str(tmp_path / "s.json"), "--cluster", "local"]
+    assert main([*args, "--workers", "1", "--dashboard-address", f"127.0.0.1:{port}"]) == 0
+    assert f"Dask dashboard: http://127.0.0.1:{port}/status" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--dashboard-address"])  # a flag without its address: argparse's usage error
