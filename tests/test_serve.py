@@ -267,6 +267,10 @@ def test_batch_predict_writes_scores_per_partition(
     assert len(parts) == 1  # 3000 events, one partition
     table = ak.from_parquet(parts[0]) if fmt == "parquet" else uproot.open(parts[0])["scores"].arrays()
     assert ak.to_list(table.entry) == list(range(3000))
+    ids = uproot.open(data[0])["events"].arrays(["run", "event"], library="np")
+    assert table.fields[:4] == ["file", "entry", "run", "event"]  # scores join back to the events
+    np.testing.assert_array_equal(ak.to_numpy(table.event), ids["event"])
+    np.testing.assert_array_equal(ak.to_numpy(table.run), ids["run"])
     bundle = load_bundle(runs["torch"])
     raw = uproot.open(data[0])["events"].arrays(list(bundle.plan.columns))
     selection = bundle.plan.select(raw)

@@ -3,8 +3,10 @@
 Each partition is read, prepared by the bundle (its preprocessing, padding, normalization),
 scored by the model on the worker, and written to its own file in ``out``
 (``part-00000.parquet`` or ``.root``) with the columns ``file`` (index in the input list),
-``entry`` (entry number in that file), ``passed`` (whether the bundle's cuts keep the event)
-and ``score`` (NaN where they do not; ``score_0``, ``score_1``, ... for multiclass models).
+``entry`` (entry number in that file), the event's identity (the ``identifier`` branches of
+params, ``run``, ``luminosityBlock`` and ``event`` by default, those the tree has), ``passed``
+(whether the bundle's cuts keep the event) and ``score`` (NaN where they do not; ``score_0``,
+``score_1``, ... for multiclass models).
 Nothing is gathered on the client but the list of files written.
 """
 
@@ -54,8 +56,9 @@ def _bundle(path: str) -> Bundle:
 class _ScorePartition:
     """Read → prepare → score → write one partition; returns the file written."""
 
-    def __init__(self, bundle_path: str, out: str, fmt: str) -> None:
+    def __init__(self, bundle_path: str, out: str, fmt: str, identifiers: Sequence[str]) -> None:
         self.bundle_path, self.out, self.fmt = bundle_path, out, fmt
+        self.identifiers = tuple(identifiers)
 
     def __call__(self, partition: ak.Array, index: int, file_index: int, start: int) -> str:
         bundle = _bundle(self.bundle_path)
@@ -67,6 +70,7 @@ class _ScorePartition:
         columns: dict[str, Any] = {
             "file": np.full(n, file_index, dtype=np.int32),
             "entry": np.arange(start, start + n, dtype=np.int64),
+            **{name: ak.to_numpy(partition[name]) for name in self.identifiers},
             "passed": np.isin(np.arange(n), kept),
         }
         if scores.ndim == 2:
@@ -129,19 +133,20 @@ def predict_files(
     if missing:
         raise ConfigError(f"the inputs lack branches the model reads: {missing[:5]}")
     selected = {n: dataset.available[n] for n in bundle.manifest["selected"]}
-    plan = make_plan(bundle.preproc, dataset.available, selected)
+    plan = make_plan(bundle.preproc, dataset.available, selected).for_scoring()
     dataset = dataset.aligned_to(plan.columns)
+    identifiers = [
+        n for n in params.identifier if n in dataset.available and not dataset.available[n].is_jagged
+    ]
     if list(plan.columns) != list(bundle.plan.columns):
         raise ConfigError("the inputs' branches do not match the ones the model was trained on")
     Path(out).mkdir(parents=True, exist_ok=True)
 
     score = dask.delayed(
-        _ScorePartition(str(bundle_path.resolve()), str(Path(out).resolve()), fmt), pure=True
+        _ScorePartition(str(bundle_path.resolve()), str(Path(out).resolve()), fmt, identifiers), pure=True
     )
+    read = dataset.delayed_partitions(tuple(dict.fromkeys([*plan.columns, *identifiers])))
     tasks = [
-        score(part, i, f, a)
-        for i, (part, (f, a, _)) in enumerate(
-            zip(dataset.delayed_partitions(plan.columns), dataset.partitions, strict=True)
-        )
+        score(part, i, f, a) for i, (part, (f, a, _)) in enumerate(zip(read, dataset.partitions, strict=True))
     ]
     return [Path(p) for p in compute(tasks, client)]
