@@ -482,19 +482,21 @@ class BatchLoader:
             for chunk in planned
         ]
 
-    def iter_chunks(self, shuffle: bool | None = None) -> Iterator[Block]:
+    def iter_chunks(self, shuffle: bool | None = None, ahead: bool = True) -> Iterator[Block]:
         """One epoch as chunks (each a :class:`~mlaas4hep_dask.tensorize.Block`).
 
         Rows are shuffled within each chunk when ``shuffle`` (default: ``params.shuffle``);
         unshuffled passes give the same rows in the same order every time (evaluation,
         XGBoost's two passes over its data).  The call starts the epoch (``epoch`` counts it);
-        a thread gathers and shuffles the next chunk while the caller works on this one.
+        a thread gathers and shuffles the next chunk while the caller works on this one.  With
+        ``ahead`` (the train split, up to ``params.epochs``), the workers start on the next
+        epoch's first chunks while this one's last are used.
         """
         shuffle = self.params.shuffle if shuffle is None else shuffle
         seed = [self.params.seed, self.epoch] + ([self.shard.rank] if self.shard else [])
         self.epoch += 1
         # the train split's next epoch starts reading while this one ends: no pause between epochs
-        more = self.split == "train" and self.epoch < self.params.epochs
+        more = ahead and self.split == "train" and self.epoch < self.params.epochs
         return _ahead(self._chunks(np.random.default_rng(seed), shuffle, more))
 
     def _chunks(self, rng: np.random.Generator, shuffle: bool, more: bool) -> Iterator[Block]:

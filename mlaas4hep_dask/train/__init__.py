@@ -156,6 +156,26 @@ def _write_metrics(run_dir: Path, payload: Mapping[str, Any]) -> None:
         (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
 
 
+_OVERTRAINING_SAMPLE = 200_000  # training events scored for the train-vs-test plot
+
+
+def _class_names(loader: BatchLoader) -> dict[float, str]:
+    """Names of the classes for plots: signal/background (with their files' names) or the files'.
+
+    A file ``ttH_0.root`` names its class ``ttH``; classes from a ``label_branch`` keep their numbers.
+    """
+    if loader.labels is None:
+        return {}
+    stems: dict[float, dict[str, None]] = {}
+    for f, label in zip(loader.dataset.files, loader.labels, strict=True):
+        stem = Path(f.path).stem
+        stems.setdefault(float(label), {})[stem.rstrip("0123456789").rstrip("_-") or stem] = None
+    text = {k: ", ".join(list(v)[:3]) + (", ..." if len(v) > 3 else "") for k, v in stems.items()}
+    if set(stems) == {0.0, 1.0}:
+        return {1.0: f"signal ({text[1.0]})", 0.0: f"background ({text[0.0]})"}
+    return text
+
+
 def train(
     files: str | Path | Sequence[str | Path] | None,
     model: str | Path | None,
@@ -375,6 +395,7 @@ def train(
         if "validation" not in scored:  # no epoch reported its own (XGBoost): score it now
             scored["validation"] = collect(loaders["validation"], predict)
         val_block, test_block = scored["validation"], collect(loaders["test"], predict)
+    train_sample = collect(train_loader, predict, _OVERTRAINING_SAMPLE) if task.kind != "regression" else None
     final = {f"val_{k}": v for k, v in metrics(task, val_block.y, val_block.X, val_block.w).items()}
     final |= {f"test_{k}": v for k, v in metrics(task, test_block.y, test_block.X, test_block.w).items()}
     passes = 1 if framework in ("xgboost",) else p.epochs - done
@@ -389,7 +410,9 @@ def train(
     before = set(run_dir.iterdir())
     try:  # bundle.json last: a run directory that has one is complete
         model_file = be.save(net, run_dir, train_loader.idim)
-        write_plots(run_dir, epochs, task, val_block, test_block)
+        xlabel = "boosting round" if framework == "xgboost" else "epoch"
+        names = _class_names(train_loader)
+        write_plots(run_dir, epochs, task, val_block, test_block, train_sample, names, xlabel)
         _save_scores(run_dir / "test_scores.npz", test_block)
         _write_metrics(run_dir, payload)
         write_bundle(run_dir, framework, model_file, train_loader, task, p, recipe)

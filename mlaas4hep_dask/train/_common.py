@@ -81,8 +81,8 @@ class Waited:
     def __iter__(self) -> Any:
         return self._timed(iter(self.loader))
 
-    def iter_chunks(self, shuffle: bool | None = None) -> Any:
-        return self._timed(self.loader.iter_chunks(shuffle))
+    def iter_chunks(self, shuffle: bool | None = None, ahead: bool = True) -> Any:
+        return self._timed(self.loader.iter_chunks(shuffle, ahead))
 
     def _timed(self, it: Any) -> Any:
         while True:
@@ -132,9 +132,18 @@ def task_of(labels: list[float] | None, label_dtype: str | None) -> Task:
     return Task("regression")
 
 
-def collect(loader: BatchLoader, predict: Callable[[np.ndarray], np.ndarray]) -> Block:
-    """Scores of every event of a loader's split: a Block whose X holds the scores."""
-    parts = [Block(predict(chunk.X), chunk.y, chunk.w) for chunk in loader.iter_chunks(shuffle=False)]
+def collect(
+    loader: BatchLoader, predict: Callable[[np.ndarray], np.ndarray], limit: int | None = None
+) -> Block:
+    """Scores of every event of a loader's split (about the first ``limit``): a Block whose X holds them.
+
+    Chunks mix the files in proportion, so the first ``limit`` events are a fair sample.
+    """
+    parts = []
+    for chunk in loader.iter_chunks(shuffle=False, ahead=False):
+        parts.append(Block(predict(chunk.X), chunk.y, chunk.w))
+        if limit is not None and sum(map(len, parts)) >= limit:
+            break
     if not parts:
         return Block(np.zeros((0,), np.float32), np.zeros(0), None)
     return Block.concatenate(parts)
