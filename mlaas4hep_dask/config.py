@@ -348,16 +348,20 @@ def load_params(params: Params | Mapping[str, Any] | str | Path | None) -> Param
 
 
 def read_file_list(files: str | Path | Sequence[str | Path]) -> list[str]:
-    """Return the input files from a ``files.txt``, a comma-separated string, or a list.
+    """Return the input files from a ``files.txt``, a sample list, a comma-separated string, or a list.
 
     In ``files.txt`` blank lines and lines starting with ``#`` are ignored, as in the original
-    tool.
+    tool.  A ``.yaml``/``.json`` file is a sample list (see :mod:`mlaas4hep_dask.samples`).
 
     Examples
     --------
     >>> read_file_list("a.root,b.root")
     ['a.root', 'b.root']
     """
+    from .samples import is_sample_list, load_samples
+
+    if is_sample_list(files):
+        return load_samples(files).files  # type: ignore[arg-type]
     if isinstance(files, (str, Path)):
         text = str(files)
         path = Path(text)

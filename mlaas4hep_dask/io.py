@@ -46,6 +46,7 @@ from .errors import (
     RemoteInputError,
     SchemaError,
 )
+from .samples import Samples, is_sample_list, load_samples
 
 __all__ = ["Dataset", "InputFile", "open_dataset", "resolve_path"]
 
@@ -98,6 +99,7 @@ class Dataset:
     partitions: tuple[tuple[int, int, int], ...]
     params: Params
     aligned: tuple[str, ...] = ()
+    samples: Samples | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def delayed_partitions(self, columns: Sequence[str] | None = None) -> list[Any]:
         """One ``dask.delayed`` awkward array per partition (in :attr:`partitions` order), lazily.
@@ -386,7 +388,8 @@ def open_dataset(
                 "an opened Dataset was given with other params than the ones it was opened with"
             )
         return files
-    paths = read_file_list(files)
+    samples = load_samples(files) if is_sample_list(files) else None  # type: ignore[arg-type]
+    paths = samples.files if samples is not None else read_file_list(files)
     with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
         inspected = list(pool.map(lambda p: _inspect(p, params), paths))
     first_file, first_branches = inspected[0]
@@ -412,4 +415,5 @@ def open_dataset(
         partitions=_partitions(input_files, params, aligned),
         params=params,
         aligned=aligned,
+        samples=samples,
     )

@@ -36,7 +36,7 @@ import queue
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,8 @@ class Shard:
         Batches per epoch, the same on every rank.
     scale
         The training weights' factors, the same on every rank (see :attr:`BatchLoader.weight_scale`).
+    file_scale
+        Each file's weight factor from its sample's cross-section (see :attr:`BatchLoader.file_scale`).
     """
 
     rank: int
@@ -130,6 +132,7 @@ class Shard:
     counts: tuple[int, ...]
     steps: int
     scale: WeightScale | None = None
+    file_scale: tuple[float, ...] | None = None
 
     def __len__(self) -> int:
         return sum(p.hi - p.lo for p in self.pieces)
@@ -171,6 +174,18 @@ def _batch_sizes(n: int, batch_size: int, steps: int | None) -> Iterator[int]:
 
 _MIN_STEP = 20_000
 _UNSET = object()  # the weight factors before the counting pass
+
+
+class _SumOf:
+    """Sum of one branch over a partition (for the samples' sums of weights)."""
+
+    def __init__(self, branch: str) -> None:
+        self.branch = branch
+
+    def __call__(self, partition: Any, file_index: int, start: int) -> float:
+        import awkward as ak
+
+        return float(np.sum(ak.to_numpy(partition[self.branch]), dtype=np.float64))
 
 
 def _ahead(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
@@ -339,6 +354,9 @@ class BatchLoader:
         if labels is not None and self.params.label_branch is not None:
             raise ConfigError("give either labels (labels.txt) or 'label_branch' in params, not both")
         self.labels = load_labels(labels, len(self.dataset.files))
+        samples = self.dataset.samples
+        if self.labels is None and self.params.label_branch is None and samples is not None:
+            self.labels = samples.labels
         self.layout = Layout.from_specs(self.specs, self.params)
         self.split = split
         self._tensorize = Tensorize(self.plan, self.layout, self.params, split, self.labels)
@@ -347,6 +365,9 @@ class BatchLoader:
         self.shard = shard
         self._counts: list[int] | None = None if shard is None else list(shard.counts)
         self._scale: WeightScale | object | None = _UNSET if shard is None else shard.scale
+        self._file_scale: tuple[float, ...] | object | None = _UNSET if shard is None else shard.file_scale
+        if shard is not None:
+            self._tensorize.file_scale = shard.file_scale
         if self._counts is not None or not self._needs_scale():
             self._scale = None if self._scale is _UNSET else self._scale
         if shard is not None and len(shard.counts) != len(self.dataset.partitions):
@@ -377,13 +398,58 @@ class BatchLoader:
         """
         files = [f for f, _, _ in self.dataset.partitions]
         shards = deal(self.counts, files, world, math.ceil(self.params.batch_size / world))
-        scale = self.weight_scale
-        return [dataclasses.replace(s, scale=scale) for s in shards] if scale is not None else shards
+        return [dataclasses.replace(s, scale=self.weight_scale, file_scale=self.file_scale) for s in shards]
+
+    @property
+    def file_scale(self) -> tuple[float, ...] | None:
+        """Each file's weight factor, ``xsec * lumi / sum_weights`` of its sample (or ``None``).
+
+        The sum is of ``sum_weights_branch`` (else the ``weight_branch``, else 1) over every
+        entry the loader reads of the sample's files, all splits and before any cut, unless
+        the sample list gives ``sum_weights``: a sample's events then weigh ``xsec * lumi``
+        in all (see :mod:`mlaas4hep_dask.samples`).
+        """
+        if self._file_scale is _UNSET:
+            self._file_scale = self._tensorize.file_scale = self._scale_files()
+        return self._file_scale  # type: ignore[return-value]
+
+    def _scale_files(self) -> tuple[float, ...] | None:
+        samples = self.dataset.samples
+        if samples is None or not samples.scaled:
+            return None
+        of_file = samples.of_file
+        totals: dict[str, float] = {s.name: float(s.sum_weights) for s in samples.samples if s.sum_weights}
+        by_branch: dict[str | None, list[str]] = {}
+        for s in samples.samples:
+            if s.name not in totals:
+                by_branch.setdefault(s.sum_weights_branch or self.params.weight_branch, []).append(s.name)
+        partitions = self.dataset.partitions
+        for branch, names in by_branch.items():
+            if branch is None:  # no weights at all: the sample's number of events
+                values = [float(b - a) for _, a, b in partitions]
+            else:
+                if branch not in self.dataset.available:
+                    raise ConfigError(
+                        f"{samples.source}: the sum of weights of sample {names[0]!r} needs branch "
+                        f"{branch!r}, which the tree does not have"
+                    )
+                values = [float(v) for v in self._pass(_SumOf(branch), [branch])]
+            for (f, _, _), value in zip(partitions, values, strict=True):
+                if of_file[f].name in names:
+                    totals[of_file[f].name] = totals.get(of_file[f].name, 0.0) + value
+        lumi = float(samples.lumi or 0.0)
+        for s in samples.samples:
+            if totals.get(s.name, 0.0) <= 0:
+                raise ConfigError(
+                    f"{samples.source}: the weights of sample {s.name!r} sum to {totals.get(s.name, 0.0):g}: "
+                    "its events cannot be scaled to xsec * lumi; give 'sum_weights'"
+                )
+        return tuple(float(s.xsec) * lumi / totals[s.name] for s in of_file)  # type: ignore[arg-type]
 
     @property
     def weighted(self) -> bool:
         """Whether batches carry weights: a ``weight_branch``, or training weights per class."""
-        return bool(self.params.weight_branch) or self.weight_scale is not None
+        return bool(self.params.weight_branch) or self.file_scale is not None or self.weight_scale is not None
 
     @property
     def weight_scale(self) -> WeightScale | None:
@@ -401,7 +467,8 @@ class BatchLoader:
 
     def _needs_scale(self) -> bool:
         p = self.params
-        wanted = p.class_weight is not None or (p.weight_branch is not None and p.weight_norm != "none")
+        weights = p.weight_branch is not None or self.file_scale is not None
+        wanted = p.class_weight is not None or (weights and p.weight_norm != "none")
         return self.split == "train" and wanted
 
     @property
@@ -416,7 +483,9 @@ class BatchLoader:
         from_codes = not (self.plan.cuts or self.layout.drop_nonfinite)  # no data needed
         summing = self._needs_scale()  # and the weights summed per class, in the same pass
         if summing and not (from_codes and p.weight_branch is None and p.label_branch is None):
-            summer = Tensorize(self.plan, self.layout, p, self.split, self.labels, summing=True)
+            summer = Tensorize(
+                self.plan, self.layout, p, self.split, self.labels, summing=True, file_scale=self.file_scale
+            )
             extras = [b for b in (p.label_branch, p.weight_branch) if b]
             parts = self._pass(summer, (*self.plan.cut_columns, *extras) if summer.reads_little else None)
             self._scale = t.scale = scale_of(parts, p, summer.classes)
@@ -428,16 +497,17 @@ class BatchLoader:
         partitions = self.dataset.partitions
         codes = (split_codes(f, np.arange(a, b), p.seed, p.split, p.test_fraction) for f, a, b in partitions)
         counts = [int(np.count_nonzero(c == t.code)) for c in codes]
-        if summing:  # one label per file, no weights: every event weighs 1
+        if summing:  # one label per file, no weight branch: every event weighs its file's factor
             labels = t.labels if t.labels is not None else np.zeros(len(self.dataset.files))
+            factor = self.file_scale or (1.0,) * len(self.dataset.files)
             parts = [
-                (labels[f : f + 1], np.array([n]), np.array([float(n)]))
+                (labels[f : f + 1], np.array([n]), np.array([n * factor[f]]))
                 for (f, _, _), n in zip(partitions, counts, strict=True)
             ]
             self._scale = t.scale = scale_of(parts, p, t.classes)
         return counts
 
-    def _pass(self, call: Tensorize, columns: Sequence[str] | None) -> list[Any]:
+    def _pass(self, call: Callable[..., Any], columns: Sequence[str] | None) -> list[Any]:
         """``call`` on every partition of ``columns`` (``None``: all the plan reads), computed now."""
         import dask
 
@@ -452,6 +522,7 @@ class BatchLoader:
 
         if self._tasks is None:
             self._tensorize.scale = self.weight_scale
+            self._tensorize.file_scale = self.file_scale
             tensorize = dask.delayed(self._tensorize, pure=True)
             self._tasks = [
                 tensorize(part, f, a)

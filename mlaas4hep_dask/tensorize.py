@@ -275,6 +275,8 @@ class Tensorize:
         reading only the cut, label and weight branches when possible.
     scale
         Factors from physical to training weights (set on the training split's callable).
+    file_scale
+        Each file's factor of its events' weights (``xsec * lumi / sum_weights`` of its sample).
     """
 
     def __init__(
@@ -287,6 +289,7 @@ class Tensorize:
         count_only: bool = False,
         summing: bool = False,
         scale: WeightScale | None = None,
+        file_scale: Sequence[float] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {SPLITS}, not {split!r}")
@@ -297,6 +300,7 @@ class Tensorize:
         self.label_branch, self.weight_branch = params.label_branch, params.weight_branch
         self.labels = None if labels is None else np.asarray(labels)
         self.count_only, self.summing, self.scale = count_only, summing, scale
+        self.file_scale = None if file_scale is None else tuple(file_scale)
         self.target_dtype: np.dtype | None = None
         if self.label_branch is not None:
             self.target_dtype = _target_dtype_of(np.dtype(plan.extras[self.label_branch].dtype))
@@ -313,7 +317,7 @@ class Tensorize:
             positions = passing(keep, len(partition))
             mine = positions[self._codes(file_index, start + positions) == self.code]
             record = partition[mine]
-            return sums(self._target(record, file_index), self._weight(record), self.classes)
+            return sums(self._target(record, file_index), self._weight(record, file_index), self.classes)
         selection = self.plan.select(partition)
         entries = start + selection.positions
         mine = self._codes(file_index, entries) == self.code
@@ -321,7 +325,7 @@ class Tensorize:
         X, rows = self.layout.transform(record)
         if self.count_only:
             return len(X)
-        y, w = self._target(record, file_index), self._weight(record)
+        y, w = self._target(record, file_index), self._weight(record, file_index)
         if rows is not None:
             y, w = _take(y, rows), _take(w, rows)
         if self.summing:
@@ -341,10 +345,16 @@ class Tensorize:
         extras = [b for b in (self.label_branch, self.weight_branch) if b]
         return not self.layout.drop_nonfinite and all(b in self.plan.columns for b in extras)
 
-    def _weight(self, record: ak.Array) -> np.ndarray | None:
-        if self.weight_branch is None:
+    def _weight(self, record: ak.Array, file_index: int) -> np.ndarray | None:
+        """The events' physical weights: the weight branch times their file's factor."""
+        if self.weight_branch is None and self.file_scale is None:
             return None
-        return ak.to_numpy(record[self.weight_branch]).astype(np.float32)
+        w = (
+            np.ones(len(record), np.float32)
+            if self.weight_branch is None
+            else ak.to_numpy(record[self.weight_branch]).astype(np.float32)
+        )
+        return w if self.file_scale is None else w * np.float32(self.file_scale[file_index])
 
     def _codes(self, file_index: int, entries: np.ndarray) -> np.ndarray:
         return split_codes(file_index, entries, self.seed, self.split, self.test_fraction)
