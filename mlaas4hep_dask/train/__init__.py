@@ -27,7 +27,7 @@ from mlaas4hep_dask.preprocess import Preproc, load_preproc
 from mlaas4hep_dask.specs import Specs, compute_specs
 from mlaas4hep_dask.stream import BatchLoader
 
-from ._common import EpochClock, Fitting, Task, Waited, collect, metrics, task_of
+from ._common import OVERTRAINING_SAMPLE, EpochClock, Fitting, Task, Waited, collect, metrics, task_of
 from ._model_file import ModelFileError, build_model, detect_framework, load_model_file
 from ._parallel import Reports, train_on_workers
 
@@ -154,9 +154,6 @@ def _write_metrics(run_dir: Path, payload: Mapping[str, Any]) -> None:
             ",".join("" if r.get(c) is None else str(r.get(c)) for c in columns) for r in rows
         ]
         (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
-
-
-_OVERTRAINING_SAMPLE = 200_000  # training events scored for the train-vs-test plot
 
 
 def _class_names(loader: BatchLoader) -> dict[float, str]:
@@ -360,7 +357,7 @@ def train(
                 task, device, state, reports,
             )  # fmt: skip
             be.restore(result["weights"], net)
-            val_block, test_block = result["validation"], result["test"]
+            val_block, test_block, train_sample = result["validation"], result["test"], result["train_sample"]
             seconds, dev, wait, trained_by = (
                 result["seconds"],
                 result["device"],
@@ -395,7 +392,8 @@ def train(
         if "validation" not in scored:  # no epoch reported its own (XGBoost): score it now
             scored["validation"] = collect(loaders["validation"], predict)
         val_block, test_block = scored["validation"], collect(loaders["test"], predict)
-    train_sample = collect(train_loader, predict, _OVERTRAINING_SAMPLE) if task.kind != "regression" else None
+        classes = task.kind != "regression"
+        train_sample = collect(train_loader, predict, OVERTRAINING_SAMPLE) if classes else None
     final = {f"val_{k}": v for k, v in metrics(task, val_block.y, val_block.X, val_block.w).items()}
     final |= {f"test_{k}": v for k, v in metrics(task, test_block.y, test_block.X, test_block.w).items()}
     passes = 1 if framework in ("xgboost",) else p.epochs - done

@@ -132,6 +132,9 @@ def task_of(labels: list[float] | None, label_dtype: str | None) -> Task:
     return Task("regression")
 
 
+OVERTRAINING_SAMPLE = 200_000  # training events scored for the train-vs-test plot (scores.png)
+
+
 def collect(
     loader: BatchLoader, predict: Callable[[np.ndarray], np.ndarray], limit: int | None = None
 ) -> Block:

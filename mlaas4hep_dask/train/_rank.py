@@ -40,7 +40,7 @@ from mlaas4hep_dask.specs import Specs
 from mlaas4hep_dask.stream import BatchLoader, Shard
 from mlaas4hep_dask.tensorize import Block
 
-from ._common import EpochClock, Fitting, Task, Waited, collect, metrics
+from ._common import OVERTRAINING_SAMPLE, EpochClock, Fitting, Task, Waited, collect, metrics
 
 __all__ = ["RankJob", "free_port", "main", "run_rank"]
 
@@ -237,6 +237,9 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
     dist.all_gather_object(waits, train.waited / max(seconds, 1e-9))
     val_block = scored["validation"] if "validation" in scored else evaluate("validation")
     test_block = evaluate("test")
+    # rank 0's share takes of every file, in proportion: its first events are a fair sample
+    sampled = job.rank == 0 and job.task.kind != "regression"
+    train_sample = collect(loaders["train"], predict, OVERTRAINING_SAMPLE) if sampled else None
     dist.barrier()
     dist.destroy_process_group()
     if job.scheduler is not None:
@@ -248,6 +251,7 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
         "weights": be.state(net.to("cpu") if framework == "torch" else net, None, job.params.epochs),
         "validation": val_block,
         "test": test_block,
+        "train_sample": train_sample,
         "seconds": seconds,
         "data_wait": waits,
         "device": device,
