@@ -117,23 +117,36 @@ class Layout:
         array([[1., 1., 2.],
                [2., 0., 0.]], dtype=float32)
         """
+        return self.rows(
+            len(record),
+            {name: ak.to_numpy(record[name]) for name in self.flat},
+            {name: _lists(record[name]) for name, _ in self.jagged},
+        )
+
+    def rows(
+        self,
+        n: int,
+        flat_values: Mapping[str, np.ndarray],
+        lists: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`transform` of plain arrays: each flat branch's values, each jagged branch's
+        ``(starts, stops, content)``; the same compiled kernels, the same rows."""
         from ._kernels import fill_rows, mend_rows
 
-        n = len(record)
         flat = np.empty((n, len(self.flat)), dtype=np.float32)
         for c, name in enumerate(self.flat):
             with np.errstate(all="ignore"):
-                np.subtract(ak.to_numpy(record[name]), self.shift[name], out=flat[:, c], dtype=np.float32)
+                np.subtract(flat_values[name], self.shift[name], out=flat[:, c], dtype=np.float32)
                 flat[:, c] *= np.float32(1.0 / self.scale[name])
         names = [name for name, _ in self.jagged]
-        lists = [_lists(record[name]) for name in names]
+        columns = [lists[name] for name in names]
         slots = np.array([slots for _, slots in self.jagged], dtype=np.int64)
         # every branch's items as float32 in one array, with room to read a whole row's slots
-        values = np.empty(sum(len(content) for _, _, content in lists) + slots.max(initial=0), np.float32)
-        starts = np.empty((n, len(lists)), dtype=np.int64)
-        stops = np.empty((n, len(lists)), dtype=np.int64)
+        values = np.empty(sum(len(content) for _, _, content in columns) + slots.max(initial=0), np.float32)
+        starts = np.empty((n, len(columns)), dtype=np.int64)
+        stops = np.empty((n, len(columns)), dtype=np.int64)
         at = 0
-        for b, (first, last, content) in enumerate(lists):
+        for b, (first, last, content) in enumerate(columns):
             values[at : at + len(content)] = content
             np.add(first, at, out=starts[:, b])
             np.add(last, at, out=stops[:, b])

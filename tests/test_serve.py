@@ -287,3 +287,24 @@ def test_batch_predict_bad_model_spec(tmp_path: Path, data: list[Path]) -> None:
 
     with pytest.raises(m.ConfigError, match="is not a model repository"):
         predict_files(tmp_path / "nowhere/model", data, tmp_path / "out")
+
+
+def test_raw_events_make_exactly_the_training_rows(
+    runs: dict[str, Path], data: list[Path], tmp_path: Path
+) -> None:
+    from mlaas4hep_dask.serve._events import prepare_events
+
+    plain = train(
+        data, MODELS / "sklearn_model.py", {"epochs": 1, "chunk_size": 3000}, labels=[1, 0],
+        out=tmp_path / "plain", client="sync",
+    ).path  # fmt: skip
+    for run in (plain, runs["sklearn"]):  # no preprocessing (the NumPy path), and a cut (the plan's)
+        bundle = load_bundle(run)
+        raw = uproot.open(data[1])["events"].arrays(list(bundle.plan.columns), entry_stop=N)
+        selection = bundle.plan.select(raw)
+        expected, _ = bundle.layout.transform(selection.record)
+        X, positions = prepare_events(bundle, _raw_events(data[1], bundle))
+        np.testing.assert_array_equal(X, expected)
+        np.testing.assert_array_equal(
+            positions, np.flatnonzero(selection.keep) if selection.keep is not None else np.arange(N)
+        )

@@ -20,7 +20,7 @@ import numpy as np
 from mlaas4hep_dask.bundle import Bundle
 from mlaas4hep_dask.errors import ConfigError
 
-__all__ = ["EventError", "prepare_events", "prepare_inputs"]
+__all__ = ["EventError", "ignored_branches", "prepare_events", "prepare_inputs"]
 
 
 class EventError(ConfigError):
@@ -37,43 +37,39 @@ def _number(value: Any, where: str, dtype: str) -> float:
     return float(value)
 
 
-def _fast_columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Columns through awkward's C++ ``from_iter``; ``None`` when anything looks off.
+def _plain_columns(
+    events: Sequence[Any], inputs: Mapping[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] | None:
+    """Each flat branch's values and each jagged branch's ``(starts, stops, content)``, with
+    NumPy alone; ``None`` when anything looks off (then :func:`_columns` names the field)."""
+    from itertools import chain
 
-    Then :func:`_columns` checks every value in Python and names the offending one.
-    """
+    if not isinstance(events, list) or not events:
+        return None
+    flat: dict[str, np.ndarray] = {}
+    lists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     try:
-        array = ak.from_iter(events)
-    except (ValueError, TypeError):
-        return None
-    if not set(inputs) <= set(array.fields):
-        return None
-    out: dict[str, Any] = {}
-    for name, branch in inputs.items():
-        layout = array[name].layout
-        if branch.is_jagged:
-            if not isinstance(layout, ak.contents.ListOffsetArray):
-                return None
-            content = layout.content
-            if isinstance(content, ak.contents.EmptyArray):
-                values = np.zeros(0, dtype=branch.dtype)
-            elif isinstance(content, ak.contents.NumpyArray) and content.data.dtype.kind in "iuf":
-                values = np.asarray(content.data)
+        for name, branch in inputs.items():
+            column = [event[name] for event in events]
+            if branch.is_jagged:
+                if not all(type(v) is list for v in column):
+                    return None
+                counts = np.fromiter(map(len, column), np.int64, len(column))
+                values = np.array(list(chain.from_iterable(column)), dtype=np.float64)
             else:
+                values = np.array(column, dtype=np.float64)
+            if values.ndim != 1 or not np.isfinite(values).all():
                 return None
-            counts = np.diff(np.asarray(layout.offsets))
-            values = values[int(np.asarray(layout.offsets)[0]) :][: counts.sum()]
-        elif isinstance(layout, ak.contents.NumpyArray) and layout.data.dtype.kind in "iuf":
-            values, counts = np.asarray(layout.data), None
-        else:
-            return None
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            return None
-        if np.dtype(branch.dtype).kind in "iub" and values.dtype.kind == "f" and (values % 1 != 0).any():
-            return None  # a fraction in an integer branch: the slow path names it
-        values = values.astype(branch.dtype)
-        out[name] = values if counts is None else ak.unflatten(values, counts)
-    return out
+            if np.dtype(branch.dtype).kind in "iub" and (values % 1 != 0).any():
+                return None  # a fraction in an integer branch
+            if branch.is_jagged:
+                stops = np.cumsum(counts)
+                lists[name] = (stops - counts, stops, values)
+            else:
+                flat[name] = values
+    except (KeyError, TypeError, ValueError):
+        return None
+    return flat, lists
 
 
 def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,17 +102,37 @@ def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-def prepare_events(bundle: Bundle, events: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Rows of X for the events that pass the bundle's cuts, their positions in ``events``, and
-    the branches the events gave that the bundle does not read."""
+def prepare_events(bundle: Bundle, events: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of X for the events that pass the bundle's cuts, and their positions in ``events``.
+
+    Without preprocessing (no new branch, no cut) the events' numbers go straight into the
+    row kernels of the training loader (:meth:`~mlaas4hep_dask.tensorize.Layout.rows`);
+    otherwise through the bundle's plan on awkward arrays, as in training.
+    """
     inputs = {name: bundle.inputs[name] for name in bundle.plan.columns}
-    columns = _fast_columns(events, inputs) if isinstance(events, list) and events else None
-    array = ak.zip(columns if columns is not None else _columns(events, inputs), depth_limit=1)
-    selection = bundle.plan.select(array)
+    plain = _plain_columns(events, inputs)
+    n = len(events)
+    preproc = bundle.plan.preproc
+    if plain is not None and (preproc is None or not (preproc.new_branches or bundle.plan.cuts)):
+        X, rows = bundle.layout.rows(n, *plain)
+        positions = np.arange(n)
+        return X, positions if rows is None else positions[rows]
+    if plain is not None:
+        flat, lists = plain
+        columns: dict[str, Any] = {k: v.astype(inputs[k].dtype) for k, v in flat.items()}
+        for k, (starts, stops, values) in lists.items():
+            columns[k] = ak.unflatten(values.astype(inputs[k].dtype), stops - starts)
+    else:
+        columns = _columns(events, inputs)
+    selection = bundle.plan.select(ak.zip(columns, depth_limit=1))
     X, rows = bundle.layout.transform(selection.record)
     positions = selection.positions
-    ignored = sorted(set().union(*events) - set(inputs))
-    return X, positions if rows is None else positions[rows], ignored
+    return X, positions if rows is None else positions[rows]
+
+
+def ignored_branches(bundle: Bundle, events: Sequence[Any]) -> list[str]:
+    """The branches the events give that the bundle does not read."""
+    return sorted(set().union(*events) - set(bundle.plan.columns))
 
 
 def prepare_inputs(bundle: Bundle, inputs: Any) -> np.ndarray:

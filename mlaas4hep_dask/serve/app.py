@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from mlaas4hep_dask._http import error as _error
 from mlaas4hep_dask._http import refuse_deep_json
 from mlaas4hep_dask.errors import MLaaSError
-from mlaas4hep_dask.serve._events import EventError, prepare_events, prepare_inputs
+from mlaas4hep_dask.serve._events import EventError, ignored_branches, prepare_events, prepare_inputs
 from mlaas4hep_dask.serve.repository import BundleError, ModelNotFoundError, Repository, manifest_of
 
 __all__ = ["create_app"]
@@ -157,7 +157,8 @@ def create_app(repository: Repository, max_body: int = MAX_BODY) -> FastAPI:
                 raise EventError(f"give exactly one of 'events' or 'inputs' (got {sorted(payload)})")
             if "events" in payload:
                 n = len(payload["events"]) if isinstance(payload["events"], list) else 0
-                X, positions, ignored = prepare_events(bundle, payload["events"])
+                X, positions = prepare_events(bundle, payload["events"])
+                ignored = ignored_branches(bundle, payload["events"])
             else:
                 X, positions, n = prepare_inputs(bundle, payload["inputs"]), None, None
         values = bundle.predict_features(X) if len(X) else np.zeros((0,), np.float32)
