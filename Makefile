@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 DEMO   := demo-output
 
-.PHONY: install test demo bench lint image xrootd-server postgres-server sandbox clean
+.PHONY: install test demo bench lint image xrootd-server postgres-server sandbox wrk clean
 
 install: $(STAMP)
 
@@ -55,7 +55,14 @@ demo: install
 	  --model configs/models/xgboost_model.py --params configs/params.json --preproc configs/preproc.json \
 	  --specs $(DEMO)/specs.json --out $(DEMO)/run-xgboost --scheduler local
 
-bench: install
+# The serving benchmark's load generator: Debian's wrk (native, so the client is not the bottleneck).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "wrk not found and cannot apt-get install it: benchmarks/serve.py will stop"; fi; }
+
+bench: install wrk
 	$(PY) benchmarks/specs.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/serve.py

@@ -1,23 +1,30 @@
-"""Inference service throughput and latency on loopback: single-event and 1000-event requests.
+"""Inference service throughput and latency on loopback, against the serving floor, in one run.
 
-Usage: ``python benchmarks/serve.py [--requests 400] [--clients 1 4 16]``
+Usage: ``python benchmarks/serve.py [--seconds 8] [--workers 1]``
 
-Trains a small PyTorch model on generated data, starts ``mlaas4hep serve`` in its own process
-on 127.0.0.1, uploads the model, then for each request size and number of concurrent clients
-sends a bounded number of raw-event requests and reports requests/s, events/s, p50 and p99
-latency.  Every request is checked for a 200 answer.
+Trains a small PyTorch model on generated data (no preprocessing), starts ``mlaas4hep serve``
+in its own process on 127.0.0.1 and uploads the model; starts the floor beside it
+(``benchmarks/_floor.py``: the same bundle's model behind the thinnest ASGI app that decodes
+prepared rows and calls it).  The load comes from ``wrk`` (Debian's ``wrk``: a native load
+generator, so the client is not the bottleneck; ``make bench`` installs it where it can),
+each row for ``--seconds``: single raw events with 1 and 16 connections, 1000-event
+requests (raw events, prepared rows as JSON and as a ``.npy`` body) with 4 connections;
+the floor's JSON rows alike.  Every
+row reports requests/s, events/s, p50 and p99, and the share of answers that were not 200.
+Writes ``serve-benchmark.json`` into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import awkward as ak
@@ -26,6 +33,13 @@ import numpy as np
 import uproot
 
 ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+WIDTHS = (7, 11, 6, 12, 12, 8, 8, 8)
+_TYPES = {".json": "application/json", ".npy": "application/x-npy"}
+_LUA = """
+local f = io.open(os.getenv("BODY"), "rb"); local body = f:read("*a"); f:close()
+wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = os.getenv("TYPE")
+"""
 
 
 def _free_port() -> int:
@@ -34,18 +48,53 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _events(path: Path, columns: list[str], n: int) -> list[dict]:
-    arrays = uproot.open(path)["events"].arrays(columns, entry_stop=n)
-    return ak.to_list(arrays)
+def _wait(url: str) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not start")
+        time.sleep(0.2)
+
+
+def _ms(text: str) -> float:
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if found is None:
+        raise RuntimeError(f"wrk printed a latency this script cannot read: {text!r}")
+    value, unit = found.groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}[unit]
+
+
+def _wrk(url: str, body: Path, connections: int, seconds: int, script: Path) -> dict[str, float]:
+    """One wrk run: requests/s, p50 and p99 in ms, and the fraction of non-200 answers."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+        env={"BODY": str(body), "TYPE": _TYPES[body.suffix], "PATH": "/usr/bin:/bin"},
+    ).stdout  # fmt: skip
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests_per_s": rate,
+        "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
+        "errors": (int(bad.group(1)) / max(total, 1)) if bad else 0.0,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=400, help="requests per measurement")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 1000], help="events per request")
+    parser.add_argument("--seconds", type=int, default=8, help="seconds per row")
+    parser.add_argument("--workers", type=int, default=1, help="mlaas4hep serve --workers")
     parser.add_argument("--out", type=Path, default=Path("bench-output"))
     args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("benchmarks/serve.py needs wrk (apt-get install wrk; make bench installs it)")
 
     from mlaas4hep_dask.bundle import load_bundle
     from mlaas4hep_dask.generate import generate
@@ -54,91 +103,74 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="mlaas4hep-serve-bench-"))
     files = generate(work / "data", events=20_000, files=1, seed=3)
-    run = train(
-        files,
-        ROOT / "configs/models/torch_model.py",
-        {"epochs": 1},
-        labels=[1, 0],
-        out=work / "run",
-        client="threads",
-    )
-    columns = list(load_bundle(run.path).plan.columns)
-    events = _events(files[0], columns, max(args.sizes))
+    model = ROOT / "configs/models/torch_model.py"
+    run = train(files, model, {"epochs": 1}, labels=[1, 0], out=work / "run", client="threads")
+    bundle = load_bundle(run.path)
+    raw = uproot.open(files[0])["events"].arrays(list(bundle.plan.columns), entry_stop=1000)
+    events = ak.to_list(raw)
+    X, _ = bundle.layout.transform(bundle.plan.select(raw).record)
+    bodies = {
+        "raw-1": {"events": events[:1]},
+        "raw-1000": {"events": events},
+        "rows-1": {"inputs": X[:1].tolist()},
+        "rows-1000": {"inputs": X.tolist()},
+    }
+    for name, body in bodies.items():
+        (work / f"{name}.json").write_text(json.dumps(body))
+    np.save(work / "npy-1000.npy", X)
+    script = work / "post.lua"
+    script.write_text(_LUA)
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlaas4hep_dask.cli",
-            "serve",
-            "--repo",
-            str(work / "repo"),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    ours_port, floor_port = _free_port(), _free_port()
+    serve = [sys.executable, "-m", "mlaas4hep_dask.cli", "serve", "--repo", str(work / "repo")]
+    servers = [
+        subprocess.Popen(
+            [*serve, "--port", str(ours_port), "--workers", str(args.workers)], stdout=subprocess.DEVNULL
+        ),
+        subprocess.Popen([sys.executable, str(HERE / "_floor.py"), str(run.path), str(floor_port)]),
+    ]
+    ours, floor = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{floor_port}"
+    plan = [
+        ("ours", "raw-1", 1), ("ours", "raw-1", 16), ("ours", "raw-1000", 4), ("ours", "rows-1", 16),
+        ("ours", "rows-1000", 4), ("ours", "npy-1000", 4),
+        ("floor", "rows-1", 1), ("floor", "rows-1", 16), ("floor", "rows-1000", 4),
+    ]  # fmt: skip
+    rows = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
-        upload = httpx.post(
-            f"{url}/upload",
+        _wait(ours)
+        _wait(floor)
+        httpx.post(
+            f"{ours}/upload",
             files={"file": ("run.tar.gz", pack(run.path))},
             data={"name": "bench"},
             timeout=120,
-        )
-        upload.raise_for_status()
-
-        rows = []
-        for size in args.sizes:
-            body = json.dumps({"events": events[:size]})
-            for clients in args.clients:
-                latencies: list[float] = []
-
-                def one(client: httpx.Client, body: str = body, latencies: list[float] = latencies) -> None:
-                    start = time.perf_counter()
-                    response = client.post(
-                        f"{url}/predict/bench", content=body, headers={"content-type": "application/json"}
-                    )
-                    latencies.append(time.perf_counter() - start)
-                    if response.status_code != 200:
-                        raise RuntimeError(response.text)
-
-                with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=clients)) as client:
-                    one(client)  # warm-up: the model is loaded on first use
-                    latencies.clear()
-                    start = time.perf_counter()
-                    with ThreadPoolExecutor(max_workers=clients) as pool:
-                        list(pool.map(lambda _: one(client), range(args.requests)))
-                    seconds = time.perf_counter() - start
-                p50, p99 = np.percentile(latencies, [50, 99]) * 1000
-                rate = args.requests / seconds
-                rows.append(
-                    {"events_per_request": size, "clients": clients, "requests_per_s": rate,
-                     "events_per_s": rate * size, "p50_ms": p50, "p99_ms": p99}
-                )  # fmt: skip
+        ).raise_for_status()
+        for server, body, connections in plan:
+            url = f"{ours}/predict/bench" if server == "ours" else f"{floor}/predict"
+            path = work / f"{body}.{'npy' if body.startswith('npy') else 'json'}"
+            _wrk(url, path, connections, 2, script)  # warm-up: the model is loaded on first use
+            result = _wrk(url, path, connections, args.seconds, script)
+            size = 1000 if body.endswith("1000") else 1
+            row = {"server": server, "request": body, "connections": connections, **result}
+            row["events_per_s"] = result["requests_per_s"] * size
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
 
-    names = ("events/request", "clients", "requests/s", "events/s", "p50 ms", "p99 ms")
-    header = " ".join(f"{n:>{w}}" for n, w in zip(names, (14, 7, 10, 10, 7, 7), strict=True))
-    print(header)
-    print("-" * len(header))
+    names = ("server", "request", "conns", "requests/s", "events/s", "p50 ms", "p99 ms", "errors")
+    print(
+        "\n"
+        + "".join(
+            f"{n:<{w}}" if i < 2 else f"{n:>{w}}" for i, (n, w) in enumerate(zip(names, WIDTHS, strict=True))
+        )
+    )
     for r in rows:
         print(
-            f"{r['events_per_request']:>14} {r['clients']:>7} {r['requests_per_s']:>10.1f} "
-            f"{r['events_per_s']:>10.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f}"
+            f"{r['server']:<7}{r['request']:<11}{r['connections']:>6}{r['requests_per_s']:>12,.0f}"
+            f"{r['events_per_s']:>12,.0f}{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['errors']:>8.1%}"
         )
     args.out.mkdir(exist_ok=True)
     (args.out / "serve-benchmark.json").write_text(json.dumps(rows, indent=1))

@@ -7,6 +7,7 @@ exits with status 2; warnings are printed as one line each.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -201,13 +202,45 @@ def _cmd_params(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .errors import ConfigError
+
+    if args.workers < 1 or args.max_batch_size < 1 or args.max_queue < 1 or args.max_batch_delay < 0:
+        raise ConfigError(
+            "--workers, --max-batch-size and --max-queue must be positive, --max-batch-delay >= 0"
+        )
+    settings = {
+        "repository": args.repo,
+        "max_batch_delay": args.max_batch_delay / 1000,
+        "max_batch_size": args.max_batch_size,
+        "max_queue": args.max_queue,
+    }
+    os.environ[_SERVE_SETTINGS] = json.dumps(settings)  # for the worker processes' factory
+    print(f"serving the models in {args.repo} on http://{args.host}:{args.port} (OpenAPI page: /docs)")
+    if args.workers == 1:
+        app: Any = _serve_app()
+    else:
+        app = "mlaas4hep_dask.cli:_serve_app"
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        workers=args.workers,
+        factory=args.workers > 1,
+    )
+    return 0
+
+
+_SERVE_SETTINGS = "MLAAS4HEP_SERVE_SETTINGS"
+
+
+def _serve_app() -> Any:
+    """The inference app of ``mlaas4hep serve`` (each worker process builds its own)."""
     from .serve import Repository
     from .serve.app import create_app
 
-    app = create_app(Repository(args.repo))
-    print(f"serving the models in {args.repo} on http://{args.host}:{args.port} (OpenAPI page: /docs)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+    settings = json.loads(os.environ[_SERVE_SETTINGS])
+    return create_app(Repository(settings.pop("repository")), **settings)
 
 
 def _is_loopback(host: str) -> bool:
@@ -453,6 +486,22 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--repo", required=True, help="model repository: a folder or an fsspec URL (s3://...)")
     srv.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     srv.add_argument("--port", type=int, default=8083, help="default: %(default)s (as TFaaS)")
+    srv.add_argument("--workers", type=int, default=1, help="server processes (default: %(default)s)")
+    srv.add_argument(
+        "--max-batch-delay", type=float, default=2.0, metavar="MS",
+        help="how long a batch may wait for requests still arriving, in ms (default: %(default)s)",
+    )  # fmt: skip
+    srv.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=4096,
+        metavar="EVENTS",
+        help="events per batch (default: %(default)s)",
+    )
+    srv.add_argument(
+        "--max-queue", type=int, default=65536, metavar="EVENTS",
+        help="events waiting per model before requests get 503 (default: %(default)s)",
+    )  # fmt: skip
     srv.set_defaults(run=_cmd_serve)
 
     svc = sub.add_parser("service", help="run the submit service (HTTP, OIDC tokens, jobs on Dask)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import mlaas4hep_dask as m
 from mlaas4hep_dask.bundle import load_bundle
 from mlaas4hep_dask.generate import generate
 from mlaas4hep_dask.serve import Repository, pack
+from mlaas4hep_dask.serve._events import prepare_events
 from mlaas4hep_dask.serve.app import create_app
 from mlaas4hep_dask.train import train
 
@@ -308,3 +310,83 @@ def test_raw_events_make_exactly_the_training_rows(
         np.testing.assert_array_equal(
             positions, np.flatnonzero(selection.keep) if selection.keep is not None else np.arange(N)
         )
+
+
+def _many_events(path: Path, bundle: m.bundle.Bundle, n: int) -> list[dict]:
+    arrays = uproot.open(path)["events"].arrays(list(bundle.plan.columns), entry_stop=n)
+    return [
+        {k: (v if not isinstance(v, list) else [float(x) for x in v]) for k, v in e.items()}
+        for e in ak.to_list(arrays)
+    ]
+
+
+@pytest.mark.slow
+def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_scores(
+    server: str, runs: dict[str, Path], data: list[Path]
+) -> None:
+    import asyncio
+    import re
+
+    assert _upload(server, runs["torch"], "batched").status_code == 201
+    bundle = load_bundle(runs["torch"])
+    events = _many_events(data[0], bundle, 1000)
+    sizes = [1 + (i * 7) % 23 for i in range(64)]  # 64 requests of 1 to 23 events
+    starts = np.cumsum([0, *sizes])
+    bodies = [{"events": events[a:b]} for a, b in itertools.pairwise(starts)]
+    rows = np.random.default_rng(0).random((5, bundle.layout.idim)).astype(np.float32)
+    bodies[::9] = [
+        {"inputs": rows[: 1 + i % 5].tolist()} for i in range(len(bodies[::9]))
+    ]  # prepared rows too
+
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(f"{server}/predict/batched", json=b) for b in bodies))
+
+    answers = asyncio.run(post_all())
+    for body, answer in zip(bodies, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        scores = answer.json()["scores"]
+        if "inputs" in body:
+            expected = bundle.predict_features(np.asarray(body["inputs"], np.float32)).tolist()
+        else:  # alone, as an unbatched request would be scored
+            X, positions = prepare_events(bundle, body["events"])
+            expected = [None] * len(body["events"])
+            for p, v in zip(positions.tolist(), bundle.predict_features(X).tolist(), strict=True):
+                expected[p] = v
+        assert [s is None for s in scores] == [e is None for e in expected]
+        np.testing.assert_allclose(
+            [s for s in scores if s is not None], [e for e in expected if e is not None], rtol=1e-5
+        )
+    text = httpx.get(f"{server}/metrics").text
+    count = float(re.search(r'mlaas4hep_batch_events_count\{model="batched"\} (\S+)', text).group(1))  # type: ignore[union-attr]
+    total = float(re.search(r'mlaas4hep_batch_events_sum\{model="batched"\} (\S+)', text).group(1))  # type: ignore[union-attr]
+    assert count == 64
+    assert total / count > sum(sizes) / 64  # requests shared their batches with others
+
+
+@pytest.mark.slow
+def test_a_full_queue_answers_503_with_retry_after_and_the_server_recovers(
+    runs: dict[str, Path], data: list[Path], tmp_path: Path
+) -> None:
+    import asyncio
+
+    repo = Repository(tmp_path / "repo")
+    repo.add("busy", pack(runs["keras"]))
+    bundle = load_bundle(runs["keras"])
+    body = {"events": _many_events(data[0], bundle, 1000)}
+    with uvicorn_server(create_app(repo, max_queue=1000, max_batch_size=1000)) as url:
+
+        async def post_all() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await asyncio.gather(
+                    *(client.post(f"{url}/predict/busy", json=body) for _ in range(12))
+                )
+
+        answers = asyncio.run(post_all())
+        codes = [a.status_code for a in answers]
+        assert 200 in codes
+        assert 503 in codes, codes
+        refused = next(a for a in answers if a.status_code == 503)
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "events waiting: try again later" in refused.json()["error"]
+        assert httpx.post(f"{url}/predict/busy", json=body, timeout=120).status_code == 200  # recovered

@@ -16,19 +16,32 @@ Every bad request gets a 4xx with ``{"error": "..."}`` naming the field; the ser
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import time
+from collections.abc import Callable, Hashable, Sequence
+from itertools import chain
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from mlaas4hep_dask._http import error as _error
 from mlaas4hep_dask._http import refuse_deep_json
+from mlaas4hep_dask.bundle import Bundle
 from mlaas4hep_dask.errors import MLaaSError
+from mlaas4hep_dask.serve._batcher import Batcher, Overloaded
 from mlaas4hep_dask.serve._events import EventError, ignored_branches, prepare_events, prepare_inputs
 from mlaas4hep_dask.serve.repository import BundleError, ModelNotFoundError, Repository, manifest_of
 
@@ -49,6 +62,22 @@ class _Metrics:
         self.events = Counter(
             "mlaas4hep_predicted_events", "Events scored", ["model"], registry=self.registry
         )
+        self.queued = Histogram(
+            "mlaas4hep_queue_seconds", "Time a request waited for its batch", ["model"],
+            buckets=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0), registry=self.registry,
+        )  # fmt: skip
+        self.batch = Histogram(
+            "mlaas4hep_batch_events", "Events in the batch a request was scored in", ["model"],
+            buckets=tuple(2.0**k for k in range(0, 17, 2)), registry=self.registry,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "mlaas4hep_in_flight_events", "Events queued or being scored", ["model"], registry=self.registry
+        )
+
+    def observe(self, key: Hashable, events: int, queued: float) -> None:
+        model = str(key[0]) if isinstance(key, tuple) else str(key)
+        self.queued.labels(model).observe(queued)
+        self.batch.labels(model).observe(events)
 
 
 def _scores(values: np.ndarray, positions: np.ndarray, n: int) -> list[Any]:
@@ -58,29 +87,109 @@ def _scores(values: np.ndarray, positions: np.ndarray, n: int) -> list[Any]:
     return out
 
 
-def create_app(repository: Repository, max_body: int = MAX_BODY) -> FastAPI:
-    """The service over ``repository``; bodies over ``max_body`` bytes are refused (413)."""
+class _Measured:
+    """Refuses bodies over the limit (413) and counts every request (a plain ASGI middleware:
+    Starlette's ``BaseHTTPMiddleware`` costs more than scoring an event)."""
+
+    def __init__(self, app: Any, metrics: _Metrics, max_body: int) -> None:
+        self.app, self.metrics, self.max_body = app, metrics, max_body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        size = dict(scope["headers"]).get(b"content-length", b"")
+        if size.isdigit() and int(size) > self.max_body:
+            limit = f"request body of {int(size)} bytes is over the limit of {self.max_body}"
+            await _error(413, limit)(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def sent(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            model = scope.get("path_params", {}).get("name", "")
+            self.metrics.requests.labels(path, model, str(status)).inc()
+            self.metrics.latency.labels(path, model).observe(time.perf_counter() - start)
+
+
+def _score_events(bundle: Bundle, requests: Sequence[list[Any]]) -> list[Any]:
+    """Scores of each request's events, from one preparation and one model call for them all.
+
+    A request with a bad event fails alone: the batch is then scored request by request.
+    """
+    events = list(chain.from_iterable(requests))
+    try:
+        X, positions = prepare_events(bundle, events)
+    except MLaaSError as err:
+        if len(requests) == 1:
+            return [err]
+        return [_score_events(bundle, [request])[0] for request in requests]
+    values = bundle.predict_features(X) if len(X) else np.zeros((0,), np.float32)
+    scores = _scores(values, positions, len(events))
+    out, at = [], 0
+    for request in requests:
+        out.append(scores[at : at + len(request)])
+        at += len(request)
+    return out
+
+
+def _score_rows(bundle: Bundle, requests: Sequence[np.ndarray]) -> list[Any]:
+    """Scores of each request's prepared rows, from one model call for them all."""
+    values = bundle.predict_features(np.concatenate(requests)).tolist()
+    out, at = [], 0
+    for rows in requests:
+        out.append(values[at : at + len(rows)])
+        at += len(rows)
+    return out
+
+
+def create_app(
+    repository: Repository,
+    max_body: int = MAX_BODY,
+    max_batch_delay: float = 0.002,
+    max_batch_size: int = 4096,
+    max_queue: int = 65536,
+) -> FastAPI:
+    """The service over ``repository``; bodies over ``max_body`` bytes are refused (413).
+
+    Concurrent predictions for one model are scored in batches of up to ``max_batch_size``
+    events, gathered for at most ``max_batch_delay`` seconds while requests are arriving; with
+    more than ``max_queue`` events waiting for a model, requests get 503 and ``Retry-After``.
+    """
     app = FastAPI(title="mlaas4hep-dask inference", version="1")
     metrics = _Metrics()
+    batcher = Batcher(max_batch_delay, max_batch_size, max_queue, observe=metrics.observe)
+    scorers: dict[Hashable, tuple[Bundle, Callable[[Sequence[Any]], list[Any]]]] = {}
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Any:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > max_body:
-            return _error(413, f"request body of {size} bytes is over the limit of {max_body}")
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        model = request.path_params.get("name", "") if hasattr(request, "path_params") else ""
-        metrics.requests.labels(path, model, str(response.status_code)).inc()
-        metrics.latency.labels(path, model).observe(time.perf_counter() - start)
-        return response
+    def scorer(key: Hashable, bundle: Bundle, kind: str) -> Callable[[Sequence[Any]], list[Any]]:
+        """One scoring function per model version and kind (the batcher's queue follows it)."""
+        known = scorers.get(key)
+        if known is None or known[0] is not bundle:  # a version reloaded: a new queue
+            score = _score_events if kind == "events" else _score_rows
+            known = scorers[key] = (bundle, lambda requests: score(bundle, requests))
+            # the frameworks' millions of objects, now loaded, leave the garbage collector's
+            # view: else its full passes over them cost more than parsing a request's events
+            gc.freeze()
+        return known[1]
 
+    app.add_middleware(_Measured, metrics=metrics, max_body=max_body)
     refuse_deep_json(app)
 
     @app.exception_handler(MLaaSError)
     async def known_errors(request: Request, err: MLaaSError) -> JSONResponse:
+        if isinstance(err, Overloaded):
+            response = _error(503, str(err))
+            response.headers["Retry-After"] = str(round(err.retry_after))
+            return response
         if isinstance(err, ModelNotFoundError):
             return _error(404, str(err))
         if isinstance(err, EventError):
@@ -135,37 +244,54 @@ def create_app(repository: Repository, max_body: int = MAX_BODY) -> FastAPI:
             except (ValueError, OSError, EOFError):
                 raise EventError("the body is not a NumPy .npy array") from None
         try:
-            payload = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise EventError(
-                f"the body is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
-            ) from None
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try:  # Python's reader, for its message (and NaN, which the checks then name)
+                payload = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise EventError(
+                    f"the body is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}"
+                ) from None
         if not isinstance(payload, dict):
             raise EventError("the body must be a JSON object")
         return "json", payload
 
     @app.post("/predict/{name}")
-    async def predict(name: str, request: Request, version: int | None = None) -> dict[str, Any]:
-        info, bundle = repository.load(name, version)
-        kind, payload = await _body(request)
-        ignored: list[str] = []
-        if kind == "inputs":
-            X, positions, n = prepare_inputs(bundle, payload), None, None
-        else:
-            keys = set(payload) - {"events", "inputs"}
-            if keys or len(payload) != 1:
-                raise EventError(f"give exactly one of 'events' or 'inputs' (got {sorted(payload)})")
-            if "events" in payload:
-                n = len(payload["events"]) if isinstance(payload["events"], list) else 0
-                X, positions = prepare_events(bundle, payload["events"])
-                ignored = ignored_branches(bundle, payload["events"])
+    async def predict(name: str, request: Request, version: int | None = None) -> Response:
+        batcher.arriving += 1  # a batch being gathered waits for requests still being read
+        try:
+            info, bundle = repository.load(name, version)
+            kind, payload = await _body(request)
+            ignored: list[str] = []
+            if kind == "json":
+                keys = set(payload) - {"events", "inputs"}
+                if keys or len(payload) != 1:
+                    raise EventError(f"give exactly one of 'events' or 'inputs' (got {sorted(payload)})")
+                kind, payload = next(iter(payload.items()))
+            if kind == "events":
+                if (
+                    not isinstance(payload, list)
+                    or not payload
+                    or not all(isinstance(e, dict) for e in payload)
+                ):
+                    raise EventError("'events' must be a non-empty list of objects")
+                ignored = ignored_branches(bundle, payload)
             else:
-                X, positions, n = prepare_inputs(bundle, payload["inputs"]), None, None
-        values = bundle.predict_features(X) if len(X) else np.zeros((0,), np.float32)
-        metrics.events.labels(name).inc(len(X))
-        scores = values.tolist() if positions is None else _scores(values, positions, n or 0)
+                payload = prepare_inputs(bundle, payload)
+        finally:
+            batcher.arriving -= 1
+        key = (info.name, info.version, kind)
+        gauge = metrics.in_flight.labels(info.name)
+        gauge.inc(len(payload))
+        try:
+            scores = await batcher.submit(key, scorer(key, bundle, kind), payload, len(payload))
+        finally:
+            gauge.dec(len(payload))
+        metrics.events.labels(name).inc(len(payload))
         answer = {"model": info.name, "version": info.version, "scores": scores}
-        return answer | ({"ignored": ignored} if ignored else {})
+        if ignored:
+            answer["ignored"] = ignored
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     @app.post("/json")
     async def tfaas(request: Request) -> list[Any]:

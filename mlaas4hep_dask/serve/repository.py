@@ -129,6 +129,7 @@ class Repository:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, int], Bundle] = {}
+        self._lookups: dict[tuple[str, int | None], tuple[tuple[int, int], ModelInfo]] = {}
         self._cache_size = cache_size
         with self._db() as db:
             db.execute(
@@ -231,7 +232,30 @@ class Repository:
         return [ModelInfo.from_row(row) for row in rows]
 
     def get(self, name: str, version: int | None = None) -> ModelInfo:
-        """One version (the latest when ``version`` is ``None``)."""
+        """One version (the latest when ``version`` is ``None``).
+
+        A local repository answers again from memory while its index file is unchanged (a
+        stat instead of a query: the inference server asks on every request).
+        """
+        stamp = self._stamp()
+        known = self._lookups.get((name, version))
+        if stamp is not None and known is not None and known[0] == stamp:
+            return known[1]
+        info = self._query(name, version)
+        if stamp is not None:
+            if len(self._lookups) > 1024:
+                self._lookups.clear()
+            self._lookups[name, version] = (stamp, info)
+        return info
+
+    def _stamp(self) -> tuple[int, int] | None:
+        """The local index file's modification time and size (``None`` for a remote store)."""
+        if self.fs is not None:
+            return None
+        st = (self.root / "index.sqlite").stat()
+        return st.st_mtime_ns, st.st_size
+
+    def _query(self, name: str, version: int | None) -> ModelInfo:
         query = "SELECT * FROM models WHERE name = ?" + (" AND version = ?" if version else "")
         query += " ORDER BY version DESC LIMIT 1"
         args = (name, version) if version else (name,)
