@@ -390,3 +390,43 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_server_recovers(
         assert int(refused.headers["retry-after"]) >= 1
         assert "events waiting: try again later" in refused.json()["error"]
         assert httpx.post(f"{url}/predict/busy", json=body, timeout=120).status_code == 200  # recovered
+
+
+@pytest.mark.slow
+def test_triton_clients_infer_unchanged_over_the_open_inference_protocol(
+    server: str, runs: dict[str, Path], data: list[Path]
+) -> None:
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    assert _upload(server, runs["torch"], "v2model").status_code == 201
+    bundle = load_bundle(runs["torch"])
+    client = triton.InferenceServerClient(url=server.removeprefix("http://"))
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("v2model")
+    meta = client.get_model_metadata("v2model")
+    assert meta["inputs"][0] == {"name": "features", "datatype": "FP32", "shape": [-1, bundle.layout.idim]}
+    # prepared rows, as binary tensor data (the client's default)
+    X = np.random.default_rng(3).random((7, bundle.layout.idim)).astype(np.float32)
+    features = triton.InferInput("features", list(X.shape), "FP32")
+    features.set_data_from_numpy(X)
+    result = client.infer("v2model", [features], outputs=[triton.InferRequestedOutput("scores")])
+    np.testing.assert_allclose(result.as_numpy("scores"), bundle.predict_features(X), rtol=1e-5)
+    # raw events: one JSON text per element of a BYTES tensor; rejected events score NaN
+    events = _raw_events(data[0], bundle)
+    texts = np.array([json.dumps(e).encode() for e in events], dtype=np.object_)
+    for binary in (True, False):
+        raw = triton.InferInput("events", [len(texts)], "BYTES")
+        raw.set_data_from_numpy(texts, binary_data=binary)
+        scores = client.infer("v2model", [raw]).as_numpy("scores")
+        expected = np.array(
+            [np.nan if e is None else e for e in _expected(data[0], bundle)], dtype=np.float32
+        )
+        np.testing.assert_allclose(scores, expected, rtol=1e-5)  # NaN where the cut rejects
+    wrong = triton.InferInput("jets", [1, 2], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 2), np.float32))
+    with pytest.raises(InferenceServerException, match="unknown input 'jets'"):
+        client.infer("v2model", [wrong])
+    with pytest.raises(InferenceServerException, match="not in the repository"):
+        client.infer("nope", [features])

@@ -8,6 +8,7 @@ Routes (OpenAPI page at ``/docs``):
   bundle as in training) or ``{"inputs": [[...], ...]}`` (prepared rows), or a NumPy ``.npy``
   body (``Content-Type: application/x-npy``) of rows; answers ``{"scores": [...]}`` in input
   order (``null`` for events the bundle's cuts reject)
+- ``/v2/...``: the open inference protocol (KServe v2), see :mod:`mlaas4hep_dask.serve._kserve`
 - ``POST /json`` (TFaaS): ``{"keys": [...], "values": [[...]], "model": "name"}`` → list of scores
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text)
 
@@ -43,6 +44,7 @@ from mlaas4hep_dask.bundle import Bundle
 from mlaas4hep_dask.errors import MLaaSError
 from mlaas4hep_dask.serve._batcher import Batcher, Overloaded
 from mlaas4hep_dask.serve._events import EventError, ignored_branches, prepare_events, prepare_inputs
+from mlaas4hep_dask.serve._kserve import decode_infer, infer_answer, model_metadata
 from mlaas4hep_dask.serve.repository import BundleError, ModelNotFoundError, Repository, manifest_of
 
 __all__ = ["create_app"]
@@ -280,18 +282,59 @@ def create_app(
                 payload = prepare_inputs(bundle, payload)
         finally:
             batcher.arriving -= 1
-        key = (info.name, info.version, kind)
-        gauge = metrics.in_flight.labels(info.name)
-        gauge.inc(len(payload))
-        try:
-            scores = await batcher.submit(key, scorer(key, bundle, kind), payload, len(payload))
-        finally:
-            gauge.dec(len(payload))
-        metrics.events.labels(name).inc(len(payload))
+        scores = await _score(info, bundle, kind, payload)
         answer = {"model": info.name, "version": info.version, "scores": scores}
         if ignored:
             answer["ignored"] = ignored
         return Response(orjson.dumps(answer), media_type="application/json")
+
+    async def _score(info: Any, bundle: Bundle, kind: str, payload: Any) -> list[Any]:
+        key = (info.name, info.version, kind)
+        gauge = metrics.in_flight.labels(info.name)
+        gauge.inc(len(payload))
+        try:
+            scores: list[Any] = await batcher.submit(key, scorer(key, bundle, kind), payload, len(payload))
+        finally:
+            gauge.dec(len(payload))
+        metrics.events.labels(info.name).inc(len(payload))
+        return scores
+
+    @app.get("/v2/health/live")
+    @app.get("/v2/health/ready")
+    def v2_health() -> dict[str, bool]:
+        return {"live": True, "ready": True}
+
+    @app.get("/v2")
+    def v2_server() -> dict[str, Any]:
+        return {"name": "mlaas4hep-dask", "version": "1", "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    def v2_model(name: str, version: int | None = None) -> dict[str, Any]:
+        info = repository.get(name, version)
+        versions = [m.version for m in repository.models() if m.name == name]
+        return model_metadata(name, versions, manifest_of(info))
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    def v2_model_ready(name: str, version: int | None = None) -> dict[str, Any]:
+        info = repository.get(name, version)
+        return {"name": info.name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def v2_infer(name: str, request: Request, version: int | None = None) -> Response:
+        batcher.arriving += 1
+        try:
+            info, bundle = repository.load(name, version)
+            raw = await request.body()
+            header, kind, payload = decode_infer(raw, request.headers.get("inference-header-content-length"))
+            if kind == "features":
+                payload = prepare_inputs(bundle, payload)
+        finally:
+            batcher.arriving -= 1
+        scores = await _score(info, bundle, "inputs" if kind == "features" else "events", payload)
+        return Response(infer_answer(header, info.name, info.version, scores), media_type="application/json")
 
     @app.post("/json")
     async def tfaas(request: Request) -> list[Any]:
