@@ -50,8 +50,12 @@ def write_bundle(
     task: Any,
     params: Params,
     preproc: Preproc | None,
+    onnx: dict[str, Any] | None = None,
 ) -> Path:
-    """Write params.json, preproc.json and bundle.json into ``run_dir`` (specs.json is there)."""
+    """Write params.json, preproc.json and bundle.json into ``run_dir`` (specs.json is there).
+
+    ``onnx`` is what :func:`~mlaas4hep_dask.onnx_export.export_onnx` recorded.
+    """
     (run_dir / "params.json").write_text(json.dumps(params.to_dict(), indent=1) + "\n")
     if preproc is not None:
         (run_dir / "preproc.json").write_text(json.dumps(dict(preproc.source), indent=1) + "\n")
@@ -67,6 +71,7 @@ def write_bundle(
         "idim": loader.idim,
         # raw branches read from the files, and which of them are selected features: enough to
         # rebuild the preprocessing plan for raw events at serving time
+        "onnx": onnx,
         "inputs": {
             n: {"kind": b.kind, "dtype": b.dtype}
             for n, b in loader.dataset.available.items()
@@ -110,6 +115,7 @@ class Bundle:
     model: Any
     plan: Plan
     inputs: dict[str, Branch]
+    onnx: Any = None  # an OnnxModel when loaded with runtime="onnx"
 
     @property
     def framework(self) -> str:
@@ -122,11 +128,16 @@ class Bundle:
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.layout.idim:
             raise ValueError(f"expected rows of {self.layout.idim} features, got shape {X.shape}")
+        if self.onnx is not None:
+            return np.asarray(self.onnx.scores(X, self.manifest["task"]["kind"] == "multiclass"))
         return np.asarray(backend(self.framework).predict(self.model, X, Task(**self.manifest["task"])))
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load a run directory written by :func:`mlaas4hep_dask.train.train`."""
+def load_bundle(path: str | Path, runtime: str = "native") -> Bundle:
+    """Load a run directory written by :func:`mlaas4hep_dask.train.train`.
+
+    ``runtime="onnx"`` scores with the bundle's ``model.onnx`` through ONNX Runtime.
+    """
     from .train import backend
 
     path = Path(path)
@@ -144,5 +155,16 @@ def load_bundle(path: str | Path) -> Bundle:
         raise SpecsError(f"{str(path)!r}: bundle.json features do not match its specs and params")
     inputs = {n: Branch(n, b["kind"], b["dtype"]) for n, b in manifest["inputs"].items()}
     plan = make_plan(preproc, inputs, {n: inputs[n] for n in manifest["selected"]}).for_scoring()
+    if runtime not in ("native", "onnx"):
+        raise SpecsError(f"runtime must be 'native' or 'onnx', not {runtime!r}")
+    onnx = None
+    if runtime == "onnx":
+        from .onnx_export import OnnxModel
+
+        record = manifest.get("onnx") or {}
+        if not record.get("file"):
+            why = record.get("why", "the bundle predates ONNX export")
+            raise SpecsError(f"{str(path)!r} has no model.onnx to score with: {why}")
+        onnx = OnnxModel(path / record["file"], record)
     model = backend(manifest["framework"]).load(path / manifest["model"])
-    return Bundle(path, manifest, specs, params, preproc, layout, model, plan, inputs)
+    return Bundle(path, manifest, specs, params, preproc, layout, model, plan, inputs, onnx)

@@ -210,6 +210,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     settings = {
         "repository": args.repo,
+        "runtime": args.runtime,
         "max_batch_delay": args.max_batch_delay / 1000,
         "max_batch_size": args.max_batch_size,
         "max_queue": args.max_queue,
@@ -240,7 +241,8 @@ def _serve_app() -> Any:
     from .serve.app import create_app
 
     settings = json.loads(os.environ[_SERVE_SETTINGS])
-    return create_app(Repository(settings.pop("repository")), **settings)
+    repository = Repository(settings.pop("repository"), runtime=settings.pop("runtime"))
+    return create_app(repository, **settings)
 
 
 def _is_loopback(host: str) -> bool:
@@ -487,6 +489,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
     srv.add_argument("--port", type=int, default=8083, help="default: %(default)s (as TFaaS)")
     srv.add_argument("--workers", type=int, default=1, help="server processes (default: %(default)s)")
+    srv.add_argument(
+        "--runtime", choices=("native", "onnx"), default="native",
+        help="score with each model's framework, or with its model.onnx through ONNX Runtime",
+    )  # fmt: skip
     srv.add_argument(
         "--max-batch-delay", type=float, default=2.0, metavar="MS",
         help="how long a batch may wait for requests still arriving, in ms (default: %(default)s)",

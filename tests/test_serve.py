@@ -430,3 +430,28 @@ def test_triton_clients_infer_unchanged_over_the_open_inference_protocol(
         client.infer("v2model", [wrong])
     with pytest.raises(InferenceServerException, match="not in the repository"):
         client.infer("nope", [features])
+
+
+@pytest.mark.slow
+def test_onnx_exports_score_like_the_native_models(
+    runs: dict[str, Path], data: list[Path], tmp_path: Path
+) -> None:
+    from mlaas4hep_dask.errors import SpecsError
+
+    X = np.random.default_rng(5).random((64, load_bundle(runs["torch"]).layout.idim)).astype(np.float32)
+    for framework in ("sklearn", "torch", "xgboost"):
+        native, onnx = load_bundle(runs[framework]), load_bundle(runs[framework], runtime="onnx")
+        assert (runs[framework] / "model.onnx").is_file()
+        np.testing.assert_allclose(
+            onnx.predict_features(X), native.predict_features(X), atol=1e-5, err_msg=framework
+        )
+    assert json.loads((runs["keras"] / "bundle.json").read_text())["onnx"]["file"] is None
+    with pytest.raises(SpecsError, match=r"has no model\.onnx to score with: no ONNX converter for keras"):
+        load_bundle(runs["keras"], runtime="onnx")
+    repo = Repository(tmp_path / "repo", runtime="onnx")
+    repo.add("onnx", pack(runs["torch"]))
+    with uvicorn_server(create_app(repo)) as url:
+        answer = httpx.post(f"{url}/predict/onnx", json={"inputs": X[:3].tolist()}).json()
+    np.testing.assert_allclose(
+        answer["scores"], load_bundle(runs["torch"]).predict_features(X[:3]), atol=1e-5
+    )

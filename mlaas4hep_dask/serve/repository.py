@@ -109,9 +109,15 @@ class Repository:
     """
 
     def __init__(
-        self, root: str | Path, cache_size: int = 8, cache_dir: str | Path | None = None, refresh: float = 5.0
+        self,
+        root: str | Path,
+        cache_size: int = 8,
+        cache_dir: str | Path | None = None,
+        refresh: float = 5.0,
+        runtime: str = "native",
     ) -> None:
         text = str(root)
+        self.runtime = runtime
         self.fs: Any = None
         self.refresh = refresh
         self._synced = -float("inf")
@@ -313,7 +319,7 @@ class Repository:
             if key not in self._cache:
                 if len(self._cache) >= self._cache_size:
                     self._cache.pop(next(iter(self._cache)))
-                self._cache[key] = load_bundle(self._local_copy(info))
+                self._cache[key] = load_bundle(self._local_copy(info), self.runtime)
             return info, self._cache[key]
 
 

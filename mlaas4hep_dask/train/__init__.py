@@ -232,6 +232,7 @@ def train(
     0.83
     """
     from mlaas4hep_dask.bundle import write_bundle
+    from mlaas4hep_dask.onnx_export import export_onnx
     from mlaas4hep_dask.plots import write_plots
 
     from ._checkpoint import read_checkpoint, read_record, write_checkpoint, write_record
@@ -408,12 +409,13 @@ def train(
     before = set(run_dir.iterdir())
     try:  # bundle.json last: a run directory that has one is complete
         model_file = be.save(net, run_dir, train_loader.idim)
+        onnx = export_onnx(framework, net, task, train_loader.idim, run_dir)
         xlabel = "boosting round" if framework == "xgboost" else "epoch"
         names = _class_names(train_loader)
         write_plots(run_dir, epochs, task, val_block, test_block, train_sample, names, xlabel)
         _save_scores(run_dir / "test_scores.npz", test_block)
         _write_metrics(run_dir, payload)
-        write_bundle(run_dir, framework, model_file, train_loader, task, p, recipe)
+        write_bundle(run_dir, framework, model_file, train_loader, task, p, recipe, onnx)
     except OSError as err:
         for path in set(run_dir.iterdir()) - before:  # nothing half-written that looks finished
             shutil.rmtree(path) if path.is_dir() else path.unlink()
