@@ -346,6 +346,16 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .onnx_export import export_triton
+
+    folder = export_triton(args.run_dir, args.triton, args.name)
+    print(
+        f"written {folder.parent / 'config.pbtxt'} and {folder / 'model.onnx'} (Triton, onnxruntime backend)"
+    )
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .serve.batch import predict_files
 
@@ -553,6 +563,14 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--name", help="model name (default: the run directory's name)")
     push.add_argument("--version", type=int, help="version (default: the next one)")
     push.set_defaults(run=_cmd_push)
+
+    exp = sub.add_parser("export", help="export a run's model for other servers (Triton)")
+    exp.add_argument(
+        "--triton", required=True, metavar="REPO_DIR", help="Triton model repository to write into"
+    )
+    exp.add_argument("run_dir", metavar="RUN_DIR", help="run directory (from mlaas4hep train)")
+    exp.add_argument("--name", default=None, help="model name in the repository (default: the run folder's)")
+    exp.set_defaults(run=_cmd_export)
 
     pred = sub.add_parser("predict", help="score every event of ROOT inputs with a trained model (batch)")
     pred.add_argument("--model", required=True, help="REPO/name[:version] or a run directory")

@@ -455,3 +455,29 @@ def test_onnx_exports_score_like_the_native_models(
     np.testing.assert_allclose(
         answer["scores"], load_bundle(runs["torch"]).predict_features(X[:3]), atol=1e-5
     )
+
+
+def test_export_writes_a_triton_model_repository_entry(runs: dict[str, Path], tmp_path: Path) -> None:
+    import re
+
+    import onnxruntime
+
+    from mlaas4hep_dask.cli import main
+
+    repo = tmp_path / "triton"
+    for _ in range(2):
+        assert main(["export", "--triton", str(repo), str(runs["torch"]), "--name", "tth"]) == 0
+    config = (repo / "tth" / "config.pbtxt").read_text()
+    idim = load_bundle(runs["torch"]).layout.idim
+    assert 'backend: "onnxruntime"' in config
+    assert re.search(rf'name: "features"\s+data_type: TYPE_FP32\s+dims: \[ -1, {idim} \]', config)
+    assert sorted(p.name for p in (repo / "tth").iterdir()) == ["1", "2", "config.pbtxt", "mlaas4hep"]
+    assert (repo / "tth" / "mlaas4hep" / "preproc.json").is_file()  # the recipe for raw events
+    X = np.random.default_rng(1).random((4, idim)).astype(np.float32)
+    session = onnxruntime.InferenceSession(
+        str(repo / "tth" / "2" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    np.testing.assert_allclose(
+        session.run(["scores"], {"features": X})[0], load_bundle(runs["torch"]).predict_features(X), atol=1e-5
+    )
+    assert main(["export", "--triton", str(repo), str(runs["keras"])]) == 2  # no model.onnx: one line, exit 2
