@@ -481,3 +481,21 @@ def test_export_writes_a_triton_model_repository_entry(runs: dict[str, Path], tm
         session.run(["scores"], {"features": X})[0], load_bundle(runs["torch"]).predict_features(X), atol=1e-5
     )
     assert main(["export", "--triton", str(repo), str(runs["keras"])]) == 2  # no model.onnx: one line, exit 2
+
+
+def test_the_api_page_works_offline_and_documents_the_bodies(server: str) -> None:
+    page = httpx.get(f"{server}/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower()  # no asset from the internet
+    assets = [a for a in ("docs-assets/swagger-ui-bundle.js", "docs-assets/swagger-ui.css") if a in page.text]
+    assert len(assets) == 2
+    for asset in assets:  # relative links: they resolve next to /docs, also under a proxy's prefix
+        served = httpx.get(f"{server}/{asset}")
+        assert served.status_code == 200
+        assert len(served.content) > 10_000
+    spec = httpx.get(f"{server}/openapi.json").json()
+    predict = spec["paths"]["/predict/{name}"]["post"]["requestBody"]["content"]
+    assert set(predict["application/json"]["examples"]) == {"raw events", "prepared rows"}
+    assert "application/x-npy" in predict
+    tfaas = spec["paths"]["/json"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert tfaas["required"] == ["keys", "values", "model"]

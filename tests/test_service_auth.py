@@ -201,3 +201,14 @@ def test_configuration_errors_are_clear() -> None:
         ServiceConfig.build(environ={}, insecure_dev=True, trusted_proxies=["proxy.example"])
     with pytest.raises(ConfigError, match="only asymmetric JWT algorithms"):
         ServiceConfig.build(environ={}, insecure_dev=True, algorithms=("HS256",))
+
+
+def test_the_api_page_needs_no_internet_and_shows_the_submit_body(service: str) -> None:
+    page = httpx.get(f"{service}/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower()
+    assert httpx.get(f"{service}/docs-assets/swagger-ui-bundle.js").status_code == 200
+    spec = httpx.get(f"{service}/openapi.json").json()
+    submit = spec["paths"]["/submit"]["post"]["requestBody"]["content"]["application/json"]
+    assert "files" in submit["schema"]["properties"]
+    assert submit["examples"]["a job"]["value"]["labels"] == [1, 0]

@@ -38,8 +38,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from mlaas4hep_dask._http import body as _body_doc
 from mlaas4hep_dask._http import error as _error
-from mlaas4hep_dask._http import refuse_deep_json
+from mlaas4hep_dask._http import offline_docs, refuse_deep_json
 from mlaas4hep_dask.bundle import Bundle
 from mlaas4hep_dask.errors import MLaaSError
 from mlaas4hep_dask.serve._batcher import Batcher, Overloaded
@@ -123,6 +124,57 @@ class _Measured:
             self.metrics.latency.labels(path, model).observe(time.perf_counter() - start)
 
 
+_NUMBERS = {"type": "array", "items": {"type": "number"}}
+_PREDICT_BODY = _body_doc(
+    {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["events"],
+                "properties": {
+                    "events": {
+                        "type": "array",
+                        "description": "raw events: each branch the model reads, a number or a list",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": {"oneOf": [{"type": "number"}, _NUMBERS]},
+                        },
+                    }
+                },
+            },
+            {
+                "type": "object",
+                "required": ["inputs"],
+                "properties": {
+                    "inputs": {"type": "array", "description": "prepared rows", "items": _NUMBERS}
+                },
+            },
+        ]
+    },
+    {
+        "raw events": {"events": [{"nJets": 5, "MET": 65.9, "HT": 429.2, "jetPt": [120.1, 80.4, 60.0]}]},
+        "prepared rows": {"inputs": [[0.25, 0.5, 0.0, 1.0]]},
+    },
+    binary="application/x-npy",
+)
+_TFAAS_BODY = _body_doc(
+    {
+        "type": "object",
+        "required": ["keys", "values", "model"],
+        "properties": {
+            "keys": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "the model's feature names",
+            },
+            "values": {"type": "array", "items": _NUMBERS, "description": "rows, in the order of keys"},
+            "model": {"type": "string"},
+        },
+    },
+    {"TFaaS request": {"keys": ["MET", "HT"], "values": [[0.3, 0.7]], "model": "ttH"}},
+)
+
+
 def _score_events(bundle: Bundle, requests: Sequence[list[Any]]) -> list[Any]:
     """Scores of each request's events, from one preparation and one model call for them all.
 
@@ -167,7 +219,8 @@ def create_app(
     events, gathered for at most ``max_batch_delay`` seconds while requests are arriving; with
     more than ``max_queue`` events waiting for a model, requests get 503 and ``Retry-After``.
     """
-    app = FastAPI(title="mlaas4hep-dask inference", version="1")
+    app = FastAPI(title="mlaas4hep-dask inference", version="1", docs_url=None, redoc_url=None)
+    offline_docs(app)
     metrics = _Metrics()
     batcher = Batcher(max_batch_delay, max_batch_size, max_queue, observe=metrics.observe)
     scorers: dict[Hashable, tuple[Bundle, Callable[[Sequence[Any]], list[Any]]]] = {}
@@ -258,7 +311,7 @@ def create_app(
             raise EventError("the body must be a JSON object")
         return "json", payload
 
-    @app.post("/predict/{name}")
+    @app.post("/predict/{name}", openapi_extra=_PREDICT_BODY)
     async def predict(name: str, request: Request, version: int | None = None) -> Response:
         batcher.arriving += 1  # a batch being gathered waits for requests still being read
         try:
@@ -336,7 +389,7 @@ def create_app(
         scores = await _score(info, bundle, "inputs" if kind == "features" else "events", payload)
         return Response(infer_answer(header, info.name, info.version, scores), media_type="application/json")
 
-    @app.post("/json")
+    @app.post("/json", openapi_extra=_TFAAS_BODY)
     async def tfaas(request: Request) -> list[Any]:
         _, payload = await _body(request)
         if not isinstance(payload, dict) or {"keys", "values", "model"} - set(payload):

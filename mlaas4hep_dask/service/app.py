@@ -30,8 +30,9 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from mlaas4hep_dask._http import body as _body_doc
 from mlaas4hep_dask._http import error as _error
-from mlaas4hep_dask._http import refuse_deep_json
+from mlaas4hep_dask._http import offline_docs, refuse_deep_json
 from mlaas4hep_dask.errors import MLaaSError, SchemaError
 from mlaas4hep_dask.service.auth import Authenticator, AuthError, Principal
 from mlaas4hep_dask.service.config import ServiceConfig
@@ -55,6 +56,21 @@ class _Conflict(MLaaSError):
 
 class _TooLarge(MLaaSError):
     """HTTP 413."""
+
+
+_SUBMIT_BODY = _body_doc(
+    Submission.model_json_schema(),
+    {
+        "a job": {
+            "name": "tth",
+            "files": ["/data/ttH_0.root", "/data/ttbar_0.root"],
+            "labels": [1, 0],
+            "model": "import torch\ndef model(idim):\n    return torch.nn.Linear(idim, 1)\n",
+            "params": {"epochs": 5, "batch_size": 256},
+            "resources": {"workers": 2, "timeout": 3600},
+        }
+    },
+)
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -96,7 +112,10 @@ def create_app(config: ServiceConfig, store: JobStore, runner: Runner | None) ->
             if runner is not None:
                 await run_in_threadpool(runner.stop)
 
-    app = FastAPI(title="mlaas4hep-dask submit service", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="mlaas4hep-dask submit service", version="1", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    offline_docs(app)
 
     @app.middleware("http")
     async def limit_bodies(request: Request, call_next: Any) -> Any:
@@ -194,7 +213,7 @@ def create_app(config: ServiceConfig, store: JobStore, runner: Runner | None) ->
         return {"deleted": name}
 
     # --- jobs -------------------------------------------------------------------------------
-    @app.post("/submit", status_code=201)
+    @app.post("/submit", status_code=201, openapi_extra=_SUBMIT_BODY)
     async def submit(request: Request, who: Submitter) -> dict[str, Any]:
         raw = await _read(request, config.max_body)
         try:
