@@ -115,6 +115,21 @@ def _cmd_specs(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Libraries whose INFO lines (a Dask nanny's start and stop, TensorFlow's notes) are not ours.
+_LIBRARIES = ("distributed", "bokeh", "tornado", "absl", "tensorflow", "h5py", "fsspec", "urllib3", "httpx")
+
+
+def _log_lines(fmt: str) -> None:
+    """Our own INFO lines on stderr; the libraries' only from WARNING, unless ``MLAAS4HEP_VERBOSE``."""
+    import distributed  # noqa: F401 - it sets its loggers' levels when imported: ours come after
+
+    logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
+    if not os.environ.get("MLAAS4HEP_VERBOSE"):
+        for name in _LIBRARIES:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("bokeh").setLevel(logging.ERROR)  # the dashboard's note on allowed hosts
+
+
 def _announce(target: Any, quiet: bool) -> None:
     """Print the Dask dashboard's link when the work runs on a distributed cluster."""
     link = getattr(target, "dashboard_link", None)
@@ -136,9 +151,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("train needs --files and --model (or --resume RUN_DIR)")
 
     if args.log_progress is not None:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
-        )
+        _log_lines("%(asctime)s %(message)s")
     with _connect(args) as target:
         _announce(target, args.quiet and args.log_progress is None)
         run = train(
@@ -165,7 +178,7 @@ def _cmd_campaign(args: argparse.Namespace) -> int:
 
     campaign = load_campaign(args.file, out=args.out)
     if args.log_progress is not None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        _log_lines("%(asctime)s %(message)s")
     with _connect(args) as target:
         _announce(target, quiet=False)
         rows = run_campaign(campaign, client=target, log_every=args.log_progress)
@@ -303,7 +316,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
                 "powers: fix that, or accept it with --unsandboxed-jobs"
             )
     config.workdir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _log_lines("%(asctime)s %(name)s %(levelname)s %(message)s")
     store = JobStore(config.db_url)
     with _connect(args) as client:
         _announce(client, quiet=False)
@@ -592,6 +605,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mlaas4hep`` command line; return the exit status."""
     args = _parser().parse_args(argv)
+    if not os.environ.get("MLAAS4HEP_VERBOSE"):  # TensorFlow's C++ notes, here and in the workers
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     warnings.showwarning = _show_warning
     # XRootD's finalizer walks every object at exit and trips torch's deprecated attributes
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op", category=FutureWarning)

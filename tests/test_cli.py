@@ -173,3 +173,36 @@ def test_the_specs_table_flags_constant_branches(tmp_path: Path, capsys: pytest.
     assert not re.search(r"pt .* constant", printed)
     assert "1 constant branches (one value in every event" in printed
     assert "'exclude_branches'): btag" in printed
+
+
+@pytest.mark.slow
+def test_only_our_own_lines_at_the_default_verbosity(generated: list[Path], tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "mlaas4hep"
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"epochs": 1, "chunk_size": 3000}))
+    cmd = [
+        str(exe), "train", "--files", ",".join(map(str, generated)), "--labels", "1,0",
+        "--model", str(ROOT / "configs" / "models" / "keras_model.py"), "--params", str(params),
+        "--cluster", "local", "--workers", "1", "--log-progress", "5", "-q",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("MLAAS4HEP_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    quiet = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "a")], capture_output=True, text=True, env=env, check=False
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    printed = quiet.stdout + quiet.stderr
+    for noise in (
+        "Nanny",
+        "Scheduler at",
+        "Register worker",
+        "cpu_feature_guard",
+        "absl",
+        "jupyter-server-proxy",
+    ):
+        assert noise not in printed, noise
+    assert "run directory written" in printed  # ours are there
+    loud = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "b")], capture_output=True, text=True, env={**env, "MLAAS4HEP_VERBOSE": "1"},
+        check=False,
+    )  # fmt: skip
+    assert "cpu_feature_guard" in loud.stdout + loud.stderr  # verbose lets the libraries speak

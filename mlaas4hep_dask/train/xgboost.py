@@ -8,6 +8,7 @@ rounds are reported as epochs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,9 @@ def _params(model: Any, task: Task, params: Params, device: str) -> tuple[dict[s
     booster.setdefault("seed", params.seed)
     if device == "cuda":
         booster["device"] = "cuda"
+    # a worker whose share holds one class warns at every round that its local AUC is
+    # undefined (the global one is not); errors still surface
+    booster.setdefault("verbosity", 0 if not os.environ.get("MLAAS4HEP_VERBOSE") else 1)
     return booster, rounds
 
 
