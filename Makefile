@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) install -e ".[test,ml]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import mlaas4hep_dask, pytest, skhep_testdata, torch, xgboost, keras, sklearn"
+	$(PY) -c "import mlaas4hep_dask, pytest, skhep_testdata, torch, xgboost, keras, sklearn, onnxruntime, skl2onnx, onnxmltools, tritonclient.http, orjson, swagger_ui, uvloop"
 	@touch $(STAMP)
 
 # The XRootD tests run a real server: Debian's xrootd-server, installed here when missing.

@@ -65,8 +65,8 @@ def _upload(url: str, run: Path, name: str, version: int | None = None) -> httpx
     return httpx.post(f"{url}/upload", files={"file": ("run.tar.gz", pack(run))}, data=data, timeout=60)
 
 
-def _raw_events(path: Path, bundle: m.bundle.Bundle) -> list[dict]:
-    arrays = uproot.open(path)["events"].arrays(list(bundle.plan.columns), entry_stop=N)
+def _raw_events(path: Path, bundle: m.bundle.Bundle, n: int = N) -> list[dict]:
+    arrays = uproot.open(path)["events"].arrays(list(bundle.plan.columns), entry_stop=n)
     return [
         {k: (v if not isinstance(v, list) else [float(x) for x in v]) for k, v in ev.items()}
         for ev in ak.to_list(arrays)
@@ -312,14 +312,6 @@ def test_raw_events_make_exactly_the_training_rows(
         )
 
 
-def _many_events(path: Path, bundle: m.bundle.Bundle, n: int) -> list[dict]:
-    arrays = uproot.open(path)["events"].arrays(list(bundle.plan.columns), entry_stop=n)
-    return [
-        {k: (v if not isinstance(v, list) else [float(x) for x in v]) for k, v in e.items()}
-        for e in ak.to_list(arrays)
-    ]
-
-
 @pytest.mark.slow
 def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_scores(
     server: str, runs: dict[str, Path], data: list[Path]
@@ -329,7 +321,7 @@ def test_concurrent_requests_are_batched_and_each_caller_gets_its_own_scores(
 
     assert _upload(server, runs["torch"], "batched").status_code == 201
     bundle = load_bundle(runs["torch"])
-    events = _many_events(data[0], bundle, 1000)
+    events = _raw_events(data[0], bundle, 1000)
     sizes = [1 + (i * 7) % 23 for i in range(64)]  # 64 requests of 1 to 23 events
     starts = np.cumsum([0, *sizes])
     bodies = [{"events": events[a:b]} for a, b in itertools.pairwise(starts)]
@@ -373,7 +365,7 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_server_recovers(
     repo = Repository(tmp_path / "repo")
     repo.add("busy", pack(runs["keras"]))
     bundle = load_bundle(runs["keras"])
-    body = {"events": _many_events(data[0], bundle, 1000)}
+    body = {"events": _raw_events(data[0], bundle, 1000)}
     with uvicorn_server(create_app(repo, max_queue=1000, max_batch_size=1000)) as url:
 
         async def post_all() -> list[httpx.Response]:
