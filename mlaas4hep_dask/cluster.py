@@ -103,7 +103,6 @@ def _start_cluster(
     kind: str, n_workers: int | None, threads: int | None, memory: str | None, dashboard: str | None
 ) -> Any:
     """Start the cluster of ``kind`` from the Dask config (and the arguments, which take precedence)."""
-    dashboard = dashboard or _dashboard_address()
     if kind == "local":
         return local_cluster(
             n_workers or dask.config.get("mlaas4hep.cluster.workers", None),
@@ -112,6 +111,7 @@ def _start_cluster(
             dashboard,
         )
     if kind == "htcondor":
+        dashboard = dashboard or _dashboard_address()
         options = {"scheduler_options": {"dashboard_address": dashboard}} if dashboard else {}
         cluster = _optional("dask_jobqueue", "htcondor").HTCondorCluster(**options)
     else:

@@ -366,10 +366,6 @@ class BatchLoader:
         self._counts: list[int] | None = None if shard is None else list(shard.counts)
         self._scale: WeightScale | object | None = _UNSET if shard is None else shard.scale
         self._file_scale: tuple[float, ...] | object | None = _UNSET if shard is None else shard.file_scale
-        if shard is not None:
-            self._tensorize.file_scale = shard.file_scale
-        if self._counts is not None or not self._needs_scale():
-            self._scale = None if self._scale is _UNSET else self._scale
         if shard is not None and len(shard.counts) != len(self.dataset.partitions):
             raise ConfigError("the shard was dealt from other partitions of these inputs")
         self._tasks: list[Any] | None = None
@@ -410,7 +406,7 @@ class BatchLoader:
         in all (see :mod:`mlaas4hep_dask.samples`).
         """
         if self._file_scale is _UNSET:
-            self._file_scale = self._tensorize.file_scale = self._scale_files()
+            self._file_scale = self._scale_files()
         return self._file_scale  # type: ignore[return-value]
 
     def _scale_files(self) -> tuple[float, ...] | None:
@@ -462,7 +458,10 @@ class BatchLoader:
         if self.split != "train":
             return None
         if self._scale is _UNSET:
-            self.counts  # noqa: B018 - the pass that counts also sums the weights
+            if self._needs_scale():
+                self.counts  # noqa: B018 - the pass that counts also sums the weights
+            else:
+                self._scale = None
         return self._scale  # type: ignore[return-value]
 
     def _needs_scale(self) -> bool:
@@ -488,7 +487,7 @@ class BatchLoader:
             )
             extras = [b for b in (p.label_branch, p.weight_branch) if b]
             parts = self._pass(summer, (*self.plan.cut_columns, *extras) if summer.reads_little else None)
-            self._scale = t.scale = scale_of(parts, p, summer.classes)
+            self._scale = scale_of(parts, p, summer.classes)
             return [int(n.sum()) for _, n, _ in parts]
         if not from_codes:
             counter = Tensorize(self.plan, self.layout, p, self.split, self.labels, count_only=True)
@@ -504,7 +503,7 @@ class BatchLoader:
                 (labels[f : f + 1], np.array([n]), np.array([n * factor[f]]))
                 for (f, _, _), n in zip(partitions, counts, strict=True)
             ]
-            self._scale = t.scale = scale_of(parts, p, t.classes)
+            self._scale = scale_of(parts, p, t.classes)
         return counts
 
     def _pass(self, call: Callable[..., Any], columns: Sequence[str] | None) -> list[Any]:

@@ -25,6 +25,8 @@ from mlaas4hep_dask.errors import MLaaSError
 
 __all__ = ["Batcher", "Overloaded"]
 
+_INLINE_EVENTS = 256  # a batch this small is scored on the event loop: a thread's hand-over costs more
+
 
 class Overloaded(MLaaSError):
     """The model's queue is full: try again after :attr:`retry_after` seconds."""
@@ -39,6 +41,7 @@ class _Item:
     payload: Any
     events: int
     future: asyncio.Future[Any]
+    queued: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 @dataclasses.dataclass
@@ -49,8 +52,6 @@ class _Queue:
     wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     seconds_per_event: float = 1e-5  # measured: sets Retry-After
-    batches: int = 0
-    batched_events: int = 0
 
 
 class Batcher:
@@ -76,15 +77,9 @@ class Batcher:
         observe: Callable[[Hashable, int, float], None] | None = None,
     ) -> None:
         self.max_delay, self.max_events, self.max_pending = max_delay, max_events, max_pending
-        self.inline_events = 256
         self.observe = observe
         self.arriving = 0
         self._queues: dict[Hashable, _Queue] = {}
-
-    def in_flight(self, key: Hashable) -> int:
-        """Events queued or being scored for ``key``."""
-        queue = self._queues.get(key)
-        return 0 if queue is None else queue.pending
 
     async def submit(
         self, key: Hashable, score: Callable[[Sequence[Any]], list[Any]], payload: Any, events: int
@@ -115,11 +110,8 @@ class Batcher:
         while queue.items:
             await asyncio.sleep(0)  # requests read in the same turn of the loop join
             start = loop.time()
-            while (
-                self.arriving
-                and _size(queue.items) < self.max_events
-                and loop.time() - start < self.max_delay
-            ):
+            # nothing is being scored while a batch gathers: what is pending is what is queued
+            while self.arriving and queue.pending < self.max_events and loop.time() - start < self.max_delay:
                 queue.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(queue.wake.wait(), self.max_delay / 4)
@@ -131,22 +123,16 @@ class Batcher:
                 size += item.events
             began = time.perf_counter()
             payloads = [item.payload for item in batch]
-            try:  # a small batch costs less than a thread's hand-over: scored on the loop
-                small = size <= self.inline_events
+            try:
+                small = size <= _INLINE_EVENTS
                 results = queue.score(payloads) if small else await asyncio.to_thread(queue.score, payloads)
             except Exception as err:  # the scorer itself failed: every caller of the batch hears it
                 results = [err] * len(batch)
             seconds = time.perf_counter() - began
             queue.seconds_per_event = 0.8 * queue.seconds_per_event + 0.2 * seconds / max(size, 1)
-            queue.batches += 1
-            queue.batched_events += size
             queue.pending -= size
             for item, result in zip(batch, results, strict=True):
                 if self.observe is not None:
-                    self.observe(key, size, began - start)
+                    self.observe(key, size, began - item.queued)
                 if not item.future.done():
                     item.future.set_result(result)
-
-
-def _size(items: deque[_Item]) -> int:
-    return sum(item.events for item in items)

@@ -21,7 +21,7 @@ import gc
 import io
 import json
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence, Sized
 from itertools import chain
 from typing import Annotated, Any
 
@@ -188,22 +188,18 @@ def _score_events(bundle: Bundle, requests: Sequence[list[Any]]) -> list[Any]:
             return [err]
         return [_score_events(bundle, [request])[0] for request in requests]
     values = bundle.predict_features(X) if len(X) else np.zeros((0,), np.float32)
-    scores = _scores(values, positions, len(events))
-    out, at = [], 0
-    for request in requests:
-        out.append(scores[at : at + len(request)])
-        at += len(request)
-    return out
+    return _per_request(_scores(values, positions, len(events)), requests)
 
 
 def _score_rows(bundle: Bundle, requests: Sequence[np.ndarray]) -> list[Any]:
     """Scores of each request's prepared rows, from one model call for them all."""
-    values = bundle.predict_features(np.concatenate(requests)).tolist()
-    out, at = [], 0
-    for rows in requests:
-        out.append(values[at : at + len(rows)])
-        at += len(rows)
-    return out
+    return _per_request(bundle.predict_features(np.concatenate(requests)).tolist(), requests)
+
+
+def _per_request(scores: list[Any], requests: Sequence[Sized]) -> list[list[Any]]:
+    """The batch's scores cut back into each request's, in order."""
+    ends = np.cumsum([len(request) for request in requests]).tolist()
+    return [scores[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def create_app(

@@ -142,10 +142,11 @@ def collect(
 
     Chunks mix the files in proportion, so the first ``limit`` events are a fair sample.
     """
-    parts = []
+    parts, seen = [], 0
     for chunk in loader.iter_chunks(shuffle=False, ahead=False):
         parts.append(Block(predict(chunk.X), chunk.y, chunk.w))
-        if limit is not None and sum(map(len, parts)) >= limit:
+        seen += len(chunk)
+        if limit is not None and seen >= limit:
             break
     if not parts:
         return Block(np.zeros((0,), np.float32), np.zeros(0), None)
