@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 DEMO   := demo-output
 
-.PHONY: install test demo bench lint image xrootd-server postgres-server sandbox wrk clean
+.PHONY: install test demo bench lint image xrootd-server postgres-server sandbox browser wrk clean
 
 install: $(STAMP)
 
@@ -41,7 +41,15 @@ sandbox:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
 	  else echo "bwrap not found and cannot apt-get install it: the sandbox tests will be skipped"; fi; }
 
-test: install xrootd-server postgres-server sandbox
+# The API pages are rendered offline in a real browser: Debian's chromium, installed here when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the API-page tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "chromium not found and cannot apt-get install it: the browser tests will be skipped"; fi; }
+
+test: install xrootd-server postgres-server sandbox browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install

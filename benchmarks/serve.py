@@ -2,13 +2,15 @@
 
 Usage: ``python benchmarks/serve.py [--seconds 8] [--workers 1]``
 
-Trains a small PyTorch model on generated data (no preprocessing), starts ``mlaas4hep serve``
-in its own process on 127.0.0.1 and uploads the model; starts the floor beside it
+Trains a small PyTorch model on generated data, without preprocessing and with the demo's
+``configs/preproc.json`` (new branches, flat and jagged cuts: the ``pre-`` rows), starts
+``mlaas4hep serve`` in its own process on 127.0.0.1 and uploads both; starts the floor beside it
 (``benchmarks/_floor.py``: the same bundle's model behind the thinnest ASGI app that decodes
 prepared rows and calls it).  The load comes from ``wrk`` (Debian's ``wrk``: a native load
 generator, so the client is not the bottleneck; ``make bench`` installs it where it can),
 each row for ``--seconds``: single raw events with 1 and 16 connections, 1000-event
-requests (raw events, prepared rows as JSON and as a ``.npy`` body) with 4 connections;
+requests (raw events as JSON objects and as an ``.npz`` of branches, prepared rows as JSON
+and as a ``.npy`` body) with 4 connections;
 the floor's JSON rows alike.  Every
 row reports requests/s, events/s, p50 and p99, and the share of answers that were not 200.
 Writes ``serve-benchmark.json`` into ``--out``.
@@ -34,8 +36,8 @@ import uproot
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
-WIDTHS = (7, 11, 6, 12, 12, 8, 8, 8)
-_TYPES = {".json": "application/json", ".npy": "application/x-npy"}
+WIDTHS = (7, 17, 6, 12, 12, 8, 8, 8)
+_TYPES = {".json": "application/json", ".npy": "application/x-npy", ".npz": "application/x-npz"}
 _LUA = """
 local f = io.open(os.getenv("BODY"), "rb"); local body = f:read("*a"); f:close()
 wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = os.getenv("TYPE")
@@ -109,15 +111,31 @@ def main() -> None:
     raw = uproot.open(files[0])["events"].arrays(list(bundle.plan.columns), entry_stop=1000)
     events = ak.to_list(raw)
     X, _ = bundle.layout.transform(bundle.plan.select(raw).record)
+    # the demo's recipe: new flat and jagged branches, flat and jagged cuts
+    recipe = ROOT / "configs/preproc.json"
+    pre = train(
+        files, model, {"epochs": 1}, labels=[1, 0], preproc=recipe, out=work / "pre", client="threads"
+    )
+    pre_columns = list(load_bundle(pre.path).plan.columns)
+    pre_events = ak.to_list(uproot.open(files[0])["events"].arrays(pre_columns, entry_stop=1000))
     bodies = {
         "raw-1": {"events": events[:1]},
         "raw-1000": {"events": events},
         "rows-1": {"inputs": X[:1].tolist()},
         "rows-1000": {"inputs": X.tolist()},
+        "pre-raw-1": {"events": pre_events[:1]},
+        "pre-raw-1000": {"events": pre_events},
     }
     for name, body in bodies.items():
         (work / f"{name}.json").write_text(json.dumps(body))
     np.save(work / "npy-1000.npy", X)
+    # raw events branch by branch (a jagged branch: its items and NAME.counts), as uproot gives them
+    for name, columns in (("npz-raw-1000", list(bundle.plan.columns)), ("pre-npz-raw-1000", pre_columns)):
+        arrays = uproot.open(files[0])["events"].arrays(columns, entry_stop=1000)
+        flat = {k: ak.to_numpy(arrays[k]) for k in arrays.fields if arrays[k].ndim == 1}
+        jagged = {k: ak.to_numpy(ak.flatten(arrays[k])) for k in arrays.fields if arrays[k].ndim == 2}
+        counts = {f"{k}.counts": ak.to_numpy(ak.num(arrays[k])) for k in jagged}
+        np.savez(work / f"{name}.npz", **flat, **jagged, **counts)
     script = work / "post.lua"
     script.write_text(_LUA)
 
@@ -133,21 +151,22 @@ def main() -> None:
     plan = [
         ("ours", "raw-1", 1), ("ours", "raw-1", 16), ("ours", "raw-1000", 4), ("ours", "rows-1", 16),
         ("ours", "rows-1000", 4), ("ours", "npy-1000", 4),
+        ("ours", "pre-raw-1", 1), ("ours", "pre-raw-1", 16), ("ours", "pre-raw-1000", 4),
+        ("ours", "npz-raw-1000", 4), ("ours", "pre-npz-raw-1000", 4),
         ("floor", "rows-1", 1), ("floor", "rows-1", 16), ("floor", "rows-1000", 4),
     ]  # fmt: skip
     rows = []
     try:
         _wait(ours)
         _wait(floor)
-        httpx.post(
-            f"{ours}/upload",
-            files={"file": ("run.tar.gz", pack(run.path))},
-            data={"name": "bench"},
-            timeout=120,
-        ).raise_for_status()
+        for name, path in (("bench", run.path), ("bench-pre", pre.path)):
+            httpx.post(
+                f"{ours}/upload", files={"file": ("run.tar.gz", pack(path))}, data={"name": name}, timeout=120
+            ).raise_for_status()
         for server, body, connections in plan:
-            url = f"{ours}/predict/bench" if server == "ours" else f"{floor}/predict"
-            path = work / f"{body}.{'npy' if body.startswith('npy') else 'json'}"
+            name = "bench-pre" if body.startswith("pre-") else "bench"
+            url = f"{ours}/predict/{name}" if server == "ours" else f"{floor}/predict"
+            path = next(p for p in (work / f"{body}.{ext}" for ext in ("json", "npy", "npz")) if p.exists())
             _wrk(url, path, connections, 2, script)  # warm-up: the model is loaded on first use
             result = _wrk(url, path, connections, args.seconds, script)
             size = 1000 if body.endswith("1000") else 1
@@ -169,7 +188,7 @@ def main() -> None:
     )
     for r in rows:
         print(
-            f"{r['server']:<7}{r['request']:<11}{r['connections']:>6}{r['requests_per_s']:>12,.0f}"
+            f"{r['server']:<7}{r['request']:<17}{r['connections']:>6}{r['requests_per_s']:>12,.0f}"
             f"{r['events_per_s']:>12,.0f}{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['errors']:>8.1%}"
         )
     args.out.mkdir(exist_ok=True)

@@ -3,6 +3,7 @@ cannot be parsed because they nest too deeply, the offline API page, and documen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -49,12 +50,12 @@ def offline_docs(app: Any) -> None:
         )
 
 
-def body(schema: dict[str, Any], examples: dict[str, Any], binary: str | None = None) -> dict[str, Any]:
+def body(schema: dict[str, Any], examples: dict[str, Any], binary: Sequence[str] = ()) -> dict[str, Any]:
     """``openapi_extra`` of a route that reads its own body: its JSON schema and named examples
-    (so "Try it out" on the API page sends a real request), and a binary media type if any."""
+    (so "Try it out" on the API page sends a real request), and its binary media types."""
     content: dict[str, Any] = {
         "application/json": {"schema": schema, "examples": {k: {"value": v} for k, v in examples.items()}}
     }
-    if binary is not None:
-        content[binary] = {"schema": {"type": "string", "format": "binary"}}
+    for kind in binary:
+        content[kind] = {"schema": {"type": "string", "format": "binary"}}
     return {"requestBody": {"required": True, "content": content}}

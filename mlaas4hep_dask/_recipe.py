@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import awkward as ak
 
+from ._jagged import Jagged
 from .config import load_json
 from .errors import ConfigError, ExpressionError
 from .expressions import Expression, parse
@@ -41,10 +42,12 @@ class Cut:
         return f"{self.expr.text} ({self.reduce})" if self.reduce else self.expr.text
 
     def mask(self, namespace: Mapping[str, Any]) -> Any:
-        """Events passing, on awkward or dask-awkward arrays."""
+        """Events passing, on awkward, dask-awkward or :class:`~mlaas4hep_dask._jagged.Jagged` arrays."""
         value = self.expr.evaluate(namespace)
         if self.reduce is None:
             return value
+        if isinstance(value, Jagged):
+            return value.reduce(self.reduce)
         lib = _lib(value)
         return lib.any(value, axis=1) if self.reduce == "any" else lib.all(value, axis=1)
 

@@ -152,6 +152,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.log_progress is not None:
         _log_lines("%(asctime)s %(message)s")
+    if args.resume is None:  # a broken model.py fails now, not after a cluster and a specs pass
+        from .train import load_model_file
+
+        load_model_file(args.model)
     with _connect(args) as target:
         _announce(target, args.quiet and args.log_progress is None)
         run = train(
@@ -318,8 +322,10 @@ def _cmd_service(args: argparse.Namespace) -> int:
     config.workdir.mkdir(parents=True, exist_ok=True)
     _log_lines("%(asctime)s %(name)s %(levelname)s %(message)s")
     store = JobStore(config.db_url)
-    with _connect(args) as client:
+    with _connect(args, secure=not config.unsandboxed_jobs) as client:
         _announce(client, quiet=False)
+        if not config.unsandboxed_jobs:
+            _refuse_open_scheduler(client.scheduler.address)
         runner = Runner(config, store, Uploads.of(config), client)
         app = create_app(config, store, runner)
         print(
@@ -331,6 +337,20 @@ def _cmd_service(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False)
     store.close()
     return 0
+
+
+def _refuse_open_scheduler(address: str) -> None:
+    """Sandboxed jobs need a scheduler that a job cannot connect to: one that requires TLS."""
+    from .errors import ConfigError
+
+    if not address.startswith(("tls://", "inproc://")):
+        raise ConfigError(
+            f"the Dask scheduler {address} takes connections without credentials: a job's model.py "
+            "could find it and run code on the workers outside its sandbox; use --scheduler local "
+            "(secured with temporary TLS certificates), a tls:// scheduler (Dask's "
+            "distributed.comm.tls settings; see the README's security section), or accept it "
+            "with --unsandboxed-jobs"
+        )
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
@@ -387,7 +407,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect(args: argparse.Namespace) -> Any:
+def _connect(args: argparse.Namespace, secure: bool = False) -> Any:
     """The cluster the command asked for (its ``--cluster``, else the global one, else the config)."""
     from .cluster import connect, load_cluster_config
 
@@ -400,6 +420,7 @@ def _connect(args: argparse.Namespace) -> Any:
         threads_per_worker=getattr(args, "threads", None),
         memory_limit=getattr(args, "memory_limit", None),
         dashboard_address=getattr(args, "dashboard_address", None),
+        secure=secure,
     )
 
 

@@ -44,13 +44,19 @@ def local_cluster(
     threads_per_worker: int | None = 1,
     memory_limit: str | None = None,
     dashboard_address: str | None = None,
+    secure: bool = False,
 ) -> Any:
     """Start a ``distributed.LocalCluster`` of worker processes tuned for array work.
 
     The dashboard listens on ``dashboard_address`` (``HOST:PORT`` or ``:PORT``); by default on
-    ``mlaas4hep.cluster.dashboard-address`` of the Dask config, else on a free port.
+    ``mlaas4hep.cluster.dashboard-address`` of the Dask config, else on a free port.  With
+    ``secure``, its scheduler and workers speak TLS and take only peers holding a temporary
+    certificate that lives in the memory of this process and the ones it starts, never on
+    disk (``distributed.security.Security.temporary``): another program on this machine
+    that finds their ports cannot connect.
     """
     from distributed import LocalCluster
+    from distributed.security import Security
 
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRON}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), warnings.catch_warnings():
@@ -60,6 +66,7 @@ def local_cluster(
             threads_per_worker=threads_per_worker or 1,
             memory_limit=memory_limit or "auto",
             dashboard_address=dashboard_address or _dashboard_address() or ":0",
+            **({"security": Security.temporary(), "protocol": "tls://"} if secure else {}),
         )
 
 
@@ -100,7 +107,12 @@ def _optional(module: str, extra: str) -> Any:
 
 
 def _start_cluster(
-    kind: str, n_workers: int | None, threads: int | None, memory: str | None, dashboard: str | None
+    kind: str,
+    n_workers: int | None,
+    threads: int | None,
+    memory: str | None,
+    dashboard: str | None,
+    secure: bool = False,
 ) -> Any:
     """Start the cluster of ``kind`` from the Dask config (and the arguments, which take precedence)."""
     if kind == "local":
@@ -109,6 +121,7 @@ def _start_cluster(
             threads or dask.config.get("mlaas4hep.cluster.threads", 1),
             memory or dask.config.get("mlaas4hep.cluster.memory", None),
             dashboard,
+            secure,
         )
     if kind == "htcondor":
         dashboard = dashboard or _dashboard_address()
@@ -128,6 +141,7 @@ def connect(
     threads_per_worker: int | None = None,
     memory_limit: str | None = None,
     dashboard_address: str | None = None,
+    secure: bool = False,
 ) -> Iterator[Any]:
     """Yield what :func:`compute` needs to run on ``scheduler``: a Client or a scheduler name.
 
@@ -135,7 +149,8 @@ def connect(
     ``"kubernetes"``; an existing scheduler is connected to for an address.  ``None`` takes
     ``mlaas4hep.cluster.kind`` from the Dask config (default ``"local"``).  The dashboard of a
     cluster started here listens on ``dashboard_address`` (else the config's
-    ``mlaas4hep.cluster.dashboard-address``, else a free port).
+    ``mlaas4hep.cluster.dashboard-address``, else a free port).  ``secure`` starts a local
+    cluster with temporary TLS certificates (see :func:`local_cluster`).
 
     Examples
     --------
@@ -153,7 +168,9 @@ def connect(
     # None: the loader decides (straight from workers on this machine, else via the scheduler)
     direct = dask.config.get("mlaas4hep.cluster.direct-to-workers", None)
     if scheduler in ("local", "htcondor", "kubernetes"):
-        cluster = _start_cluster(scheduler, n_workers, threads_per_worker, memory_limit, dashboard_address)
+        cluster = _start_cluster(
+            scheduler, n_workers, threads_per_worker, memory_limit, dashboard_address, secure
+        )
         try:
             with Client(cluster, direct_to_workers=direct) as client:
                 yield client

@@ -264,6 +264,12 @@ def _find_tree(directory: Any, path: str, tree: str | None) -> Any:
         if len(unique) == 1:
             return directory[unique[0]]
         if not unique:
+            others = [k.split(";")[0] for k, v in directory.classnames().items() if v == "ROOT::RNTuple"]
+            if others:  # what uproot >= 5.4 writes for `file[name] = arrays`
+                raise SchemaError(
+                    f"input file {path!r} holds no TTree but an RNTuple {others[0]!r}, which is not "
+                    "read yet: write a TTree (uproot: file.mktree(name, types).extend(arrays))"
+                )
             raise SchemaError(f"input file {path!r} holds no TTree")
         raise SchemaError(
             f"input file {path!r} holds several TTrees {unique!r}: choose one with 'tree' in params.json"

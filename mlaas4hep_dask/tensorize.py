@@ -243,16 +243,23 @@ class Block:
 def _lists(values: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``starts``, ``stops`` and ``content`` of a list-of-numbers array, without copying the content.
 
-    Lists as uproot reads them (and as cuts leave them) are viewed as they are; any other
-    layout is flattened first, a missing list counting as empty and a missing item as NaN.
+    Lists as uproot reads them (and as cuts leave them, events picked by an index) are viewed
+    as they are; any other layout is flattened first, a missing list counting as empty and a
+    missing item as NaN.
     """
     layout = ak.to_layout(values)
+    index = None
+    if isinstance(layout, ak.contents.IndexedArray):  # events selected by cuts, lists untouched
+        index, layout = np.asarray(layout.index.data), layout.content
     if (
         isinstance(layout, (ak.contents.ListOffsetArray, ak.contents.ListArray))
         and isinstance(layout.content, ak.contents.NumpyArray)
         and layout.content.data.ndim == 1
     ):
-        return np.asarray(layout.starts.data), np.asarray(layout.stops.data), np.asarray(layout.content.data)
+        starts, stops = np.asarray(layout.starts.data), np.asarray(layout.stops.data)
+        if index is not None:
+            starts, stops = starts[index], stops[index]
+        return starts, stops, np.asarray(layout.content.data)
     values = ak.fill_none(ak.fill_none(values, [], axis=0), np.nan, axis=-1)
     counts = ak.to_numpy(ak.num(values, axis=1))
     stops = np.cumsum(counts)

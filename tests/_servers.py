@@ -245,3 +245,37 @@ def postgres_server() -> Iterator[str]:
             proc.wait(timeout=30)
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+#: Debian's chromium, for the tests that render a page in a real browser (``make test`` installs it).
+CHROMIUM = shutil.which("chromium")
+
+
+def render_offline(url: str, screenshot: Path) -> str:
+    """Load ``url`` in headless Chromium with every host but 127.0.0.1 unresolvable (no internet);
+    let its scripts run, save a screenshot and return the page's DOM after them."""
+    assert CHROMIUM is not None
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--virtual-time-budget=10000",
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as profile:
+        run = [CHROMIUM, *flags, f"--user-data-dir={profile}"]
+        subprocess.run(
+            [*run, "--window-size=1280,1400", f"--screenshot={screenshot}", url],
+            capture_output=True, timeout=120, check=True, cwd=profile,
+        )  # fmt: skip
+        dom = subprocess.run(
+            [*run, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True, cwd=profile
+        )
+    return dom.stdout
+
+
+def colours(png: Path) -> int:
+    """Distinct colours of a screenshot (a blank page has one or two)."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    image = imread(png)
+    return len(np.unique(image.reshape(-1, image.shape[-1]), axis=0))

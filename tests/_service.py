@@ -22,9 +22,10 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 class ServiceProcess:
     """``mlaas4hep service`` on a free loopback port; kill it and start it again at will."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.args = args
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -43,7 +44,7 @@ class ServiceProcess:
             str(self.workdir),
             *self.args,
         ]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 90
         while True:
             if self.proc.poll() is not None:

@@ -71,6 +71,16 @@ def test_several_trees_need_a_choice(tmp_path: Path) -> None:
     assert m.compute_specs([path], {"tree": "b"}, client="sync").files[0].tree == "b"
 
 
+def test_an_rntuple_is_named_with_how_to_write_a_ttree(tmp_path: Path) -> None:
+    path = tmp_path / "rntuple.root"
+    with uproot.recreate(path) as f:
+        f["events"] = {"x": ak.Array([1.0, 2.0])}  # uproot >= 5.4 writes an RNTuple for this
+    if uproot.open(path).classnames().get("events;1") != "ROOT::RNTuple":
+        pytest.skip("this uproot writes a TTree here")
+    with pytest.raises(m.SchemaError, match=r"holds no TTree but an RNTuple 'events', which is not read yet"):
+        m.compute_specs([path], client="sync")
+
+
 def test_unknown_branch_suggests_nearest(generated: list[Path]) -> None:
     with pytest.raises(m.SchemaError, match=r"'jetPT' matches no branch.*nearest: 'jetPt'"):
         m.compute_specs(generated, {"selected_branches": ["jetPT"]}, client="sync")

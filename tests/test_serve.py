@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from mlaas4hep_dask.serve._events import prepare_events
 from mlaas4hep_dask.serve.app import create_app
 from mlaas4hep_dask.train import train
 
-from ._servers import uvicorn_server
+from ._servers import CHROMIUM, colours, render_offline, uvicorn_server
 
 MODELS = Path(__file__).resolve().parent.parent / "configs" / "models"
 PREPROC = {"flat_cut": {"nLeptons": {"cut": "nLeptons >= 1"}}}
@@ -162,6 +163,7 @@ def test_bad_requests_are_4xx_and_the_server_keeps_serving(
             "events[1].nJets is 2.5, but the branch holds integers (int32)",
         ),
         ({"events": []}, 422, "'events' must be a non-empty list"),
+        ({"events": [event, [1.0, 2.0]]}, 422, "events[1] must be an object of branch values, not list"),
         ({"inputs": [[0.1] * (idim - 1)]}, 422, f"rows have {idim - 1} values; the model takes {idim}"),
         ({"inputs": [[0.1] * idim], "events": []}, 422, "give exactly one of 'events' or 'inputs'"),
     ]
@@ -243,6 +245,66 @@ def test_cli_push(server: str, runs: dict[str, Path], capsys: pytest.CaptureFixt
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["parquet", "root"])
+def _npz(columns: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **columns)
+    return buffer.getvalue()
+
+
+def _columns_of(path: Path, bundle: m.bundle.Bundle, n: int) -> dict[str, np.ndarray]:
+    """Raw events branch by branch, as a physicist sends them from uproot: a jagged branch's
+    items and NAME.counts."""
+    arrays = uproot.open(path)["events"].arrays(list(bundle.plan.columns), entry_stop=n)
+    out: dict[str, np.ndarray] = {}
+    for name in arrays.fields:
+        if arrays[name].ndim == 2:
+            out[name], out[f"{name}.counts"] = (
+                ak.to_numpy(ak.flatten(arrays[name])),
+                ak.to_numpy(ak.num(arrays[name])),
+            )
+        else:
+            out[name] = ak.to_numpy(arrays[name])
+    return out
+
+
+@pytest.mark.slow
+def test_raw_events_as_npz_columns_score_as_the_json_events(
+    server: str, runs: dict[str, Path], data: list[Path]
+) -> None:
+    assert _upload(server, runs["torch"], "columns").status_code == 201
+    bundle = load_bundle(runs["torch"])  # with the flat cut: some events get no score
+    by_json = httpx.post(
+        f"{server}/predict/columns", json={"events": _raw_events(data[1], bundle, 300)}
+    ).json()
+    columns = _columns_of(data[1], bundle, 300)
+    npz = {"content-type": "application/x-npz"}
+    extra = {**columns, "bogus": np.zeros(300)}
+    by_npz = httpx.post(f"{server}/predict/columns", content=_npz(extra), headers=npz)
+    assert by_npz.status_code == 200, by_npz.text
+    assert by_npz.json()["scores"] == by_json["scores"]
+    assert None in by_npz.json()["scores"]
+    assert by_npz.json()["ignored"] == ["bogus"]
+    jagged = next(k.removesuffix(".counts") for k in columns if k.endswith(".counts"))
+    flat = next(
+        k for k in columns if k != jagged and f"{k}.counts" not in columns and not k.endswith(".counts")
+    )
+    counts = f"{jagged}.counts"
+    cases = [
+        ({k: v for k, v in columns.items() if k != flat}, f"the body lacks branch {flat!r}"),
+        ({k: v for k, v in columns.items() if k != counts}, f"jagged branch {jagged!r} needs {counts!r}"),
+        ({**columns, counts: columns[counts] + 1}, f"{counts!r} counts"),
+        ({**columns, flat: columns[flat][:-1]}, "events; the branches before it gave"),
+        ({**columns, flat: np.where(np.arange(300) == 7, np.nan, columns[flat])}, "holds NaN or infinities"),
+    ]
+    for body, message in cases:
+        response = httpx.post(f"{server}/predict/columns", content=_npz(body), headers=npz)
+        assert response.status_code == 422, (message, response.text)
+        assert message in response.json()["error"]
+    garbage = httpx.post(f"{server}/predict/columns", content=b"PK\x03\x04 not a zip", headers=npz)
+    assert garbage.status_code == 422
+    assert "not a NumPy .npy array or .npz archive" in garbage.json()["error"]
+
+
 def test_batch_predict_writes_scores_per_partition(
     runs: dict[str, Path], data: list[Path], tmp_path: Path, fmt: str
 ) -> None:
@@ -284,6 +346,34 @@ def test_batch_predict_writes_scores_per_partition(
     assert np.isnan(ak.to_numpy(table.score)[~selection.keep]).all()
 
 
+def test_batch_predict_parts_chain_into_a_friend_of_each_input_tree(
+    runs: dict[str, Path], data: list[Path], tmp_path: Path
+) -> None:
+    from mlaas4hep_dask.serve.batch import predict_files
+
+    inputs = [tmp_path / f"baskets-of-1000-{k}.root" for k in range(len(data))]
+    for source, target in zip(data, inputs, strict=True):
+        events = uproot.open(source)["events"].arrays()
+        with uproot.recreate(target) as f:  # small baskets: partitions end on them, inside the file
+            tree = f.mktree("events", {k: events[k].type.content for k in events.fields})
+            for start in range(0, len(events), 1000):
+                tree.extend({k: events[k][start : start + 1000] for k in events.fields})
+    written = predict_files(
+        runs["sklearn"], inputs, tmp_path / "out", fmt="root", client="sync", chunk_size=700
+    )
+    assert len(written) > len(inputs)  # several parts per input file
+    friends = json.loads((tmp_path / "out" / "friends.json").read_text())
+    assert friends["tree"] == "scores"
+    for k, entry in enumerate(friends["inputs"]):
+        assert Path(entry["file"]).name == inputs[k].name
+        chain = uproot.concatenate([f"{tmp_path / 'out' / part}:scores" for part in entry["parts"]])
+        tree = uproot.open(inputs[k])[entry["tree"]]
+        assert len(chain) == tree.num_entries == entry["entries"]  # one row per entry, in order
+        assert ak.to_list(chain.entry) == list(range(tree.num_entries))
+        assert set(ak.to_list(chain.file)) == {k}
+        np.testing.assert_array_equal(ak.to_numpy(chain.event), tree["event"].array(library="np"))
+
+
 def test_batch_predict_bad_model_spec(tmp_path: Path, data: list[Path]) -> None:
     from mlaas4hep_dask.serve.batch import predict_files
 
@@ -296,19 +386,24 @@ def test_raw_events_make_exactly_the_training_rows(
 ) -> None:
     from mlaas4hep_dask.serve._events import prepare_events
 
-    plain = train(
-        data, MODELS / "sklearn_model.py", {"epochs": 1, "chunk_size": 3000}, labels=[1, 0],
-        out=tmp_path / "plain", client="sync",
-    ).path  # fmt: skip
-    for run in (plain, runs["sklearn"]):  # no preprocessing (the NumPy path), and a cut (the plan's)
+    plain, demo = (
+        train(
+            data, MODELS / "sklearn_model.py", {"epochs": 1, "chunk_size": 3000}, labels=[1, 0],
+            preproc=preproc, out=tmp_path / name, client="sync",
+        ).path
+        for name, preproc in (("plain", None), ("demo", MODELS.parent / "preproc.json"))
+    )  # fmt: skip
+    # no preprocessing; a flat cut; the demo's new flat and jagged branches with any/all cuts
+    for run in (plain, runs["sklearn"], demo):
         bundle = load_bundle(run)
-        raw = uproot.open(data[1])["events"].arrays(list(bundle.plan.columns), entry_stop=N)
+        raw = uproot.open(data[1])["events"].arrays(list(bundle.plan.columns), entry_stop=400)
         selection = bundle.plan.select(raw)
         expected, _ = bundle.layout.transform(selection.record)
-        X, positions = prepare_events(bundle, _raw_events(data[1], bundle))
+        X, positions = prepare_events(bundle, _raw_events(data[1], bundle, 400))
+        assert len(X) > 50
         np.testing.assert_array_equal(X, expected)
         np.testing.assert_array_equal(
-            positions, np.flatnonzero(selection.keep) if selection.keep is not None else np.arange(N)
+            positions, np.flatnonzero(selection.keep) if selection.keep is not None else np.arange(400)
         )
 
 
@@ -491,3 +586,12 @@ def test_the_api_page_works_offline_and_documents_the_bodies(server: str) -> Non
     assert "application/x-npy" in predict
     tfaas = spec["paths"]["/json"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert tfaas["required"] == ["keys", "values", "model"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (make test installs Debian's)")
+def test_the_api_page_renders_in_a_browser_without_internet(server: str, tmp_path: Path) -> None:
+    dom = render_offline(f"{server}/docs", tmp_path / "docs.png")
+    assert "Failed to load API definition" not in dom
+    shown = set(re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom))
+    assert {"/predict/{name}", "/json", "/upload", "/v2/models/{name}/infer"} <= shown
+    assert colours(tmp_path / "docs.png") > 50  # not a white page

@@ -19,7 +19,7 @@ from mlaas4hep_dask.service.config import ServiceConfig
 from mlaas4hep_dask.service.store import JobStore
 
 from ._oidc import AUDIENCE, Issuer, new_key, oidc_issuer
-from ._servers import uvicorn_server
+from ._servers import CHROMIUM, colours, render_offline, uvicorn_server
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +212,12 @@ def test_the_api_page_needs_no_internet_and_shows_the_submit_body(service: str) 
     submit = spec["paths"]["/submit"]["post"]["requestBody"]["content"]["application/json"]
     assert "files" in submit["schema"]["properties"]
     assert submit["examples"]["a job"]["value"]["labels"] == [1, 0]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (make test installs Debian's)")
+def test_the_api_page_renders_in_a_browser_without_internet(service: str, tmp_path: Path) -> None:
+    dom = render_offline(f"{service}/docs", tmp_path / "docs.png")
+    assert "Failed to load API definition" not in dom
+    shown = set(re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom))
+    assert {"/submit", "/jobs/{job_id}", "/upload"} <= shown
+    assert colours(tmp_path / "docs.png") > 50  # not a white page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -39,20 +40,21 @@ def issuer() -> Iterator[Issuer]:
         yield it
 
 
+#: Why jobs cannot be sandboxed on this machine (bubblewrap missing, no namespaces, not root).
+NO_SANDBOX = unavailable()
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
+    """The shared cluster; with sandboxed jobs, one that takes only peers with its TLS certificate."""
     from distributed import Client
 
     from mlaas4hep_dask.cluster import local_cluster
 
-    cluster = local_cluster(n_workers=2)
+    cluster = local_cluster(n_workers=2, secure=NO_SANDBOX is None)
     with Client(cluster) as client:
         yield client
     cluster.close()
-
-
-#: Why jobs cannot be sandboxed on this machine (bubblewrap missing, no namespaces, not root).
-NO_SANDBOX = unavailable()
 
 
 def _args(issuer: Issuer, cluster: Any, data: Path, repo: Path, *more: str) -> list[str]:
@@ -64,13 +66,33 @@ def _args(issuer: Issuer, cluster: Any, data: Path, repo: Path, *more: str) -> l
     ]  # fmt: skip
 
 
+def _credentials(cluster: Any, folder: Path) -> dict[str, str]:
+    """The Dask settings that give the service process the cluster's TLS certificate (files 0600)."""
+    security = cluster.security
+    if not security.require_encryption:
+        return {}
+    env = {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+    for name, value in (
+        ("TLS__CA_FILE", security.tls_ca_file),
+        ("TLS__CLIENT__CERT", security.tls_client_cert),
+        ("TLS__CLIENT__KEY", security.tls_client_key),
+    ):
+        path = folder / name.lower().replace("__", "-")
+        path.touch(mode=0o600)
+        path.write_text(value)
+        env[f"DASK_DISTRIBUTED__COMM__{name}"] = str(path)
+    return env
+
+
 @pytest.fixture(scope="module")
 def service(
     issuer: Issuer, cluster: Any, generated: list[Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     work = tmp_path_factory.mktemp("service")
     svc = ServiceProcess(
-        work, *_args(issuer, cluster, generated[0].parent, work / "models", "--max-jobs-per-user", "1")
+        work,
+        *_args(issuer, cluster, generated[0].parent, work / "models", "--max-jobs-per-user", "1"),
+        env=_credentials(cluster, tmp_path_factory.mktemp("tls")),
     )
     svc.start()
     yield svc
@@ -79,12 +101,12 @@ def service(
 
 @pytest.fixture(scope="module")
 def alice(service: ServiceProcess, issuer: Issuer) -> Caller:
-    return Caller(service.url, issuer.token("alice"))
+    return Caller(service.url, issuer.token("alice", lifetime=3600))  # the module's tests take minutes
 
 
 @pytest.fixture(scope="module")
 def bob(service: ServiceProcess, issuer: Issuer) -> Caller:
-    return Caller(service.url, issuer.token("bob"))
+    return Caller(service.url, issuer.token("bob", lifetime=3600))
 
 
 def _job(generated: list[Path], **more: Any) -> dict[str, Any]:
@@ -233,6 +255,33 @@ _HOSTILE = {
         "import os, time\nfor _ in range(1000):\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)",
         "over its limit of 512 processes and threads",
     ),
+    "reaches-the-scheduler": (  # every listening port of the machine, as a scheduler, plain and TLS
+        "import os, threading\nports = set()\n"
+        "for table in ('/proc/net/tcp', '/proc/net/tcp6'):\n"
+        "    for line in open(table).read().splitlines()[1:]:\n"
+        "        fields = line.split()\n"
+        "        if fields[3] == '0A':\n"
+        "            ports.add(int(fields[1].rsplit(':', 1)[1], 16))\n"
+        "from distributed import Client\nreached = []\n"
+        "def attempt(address):\n"
+        "    try:\n"
+        "        with Client(address, timeout=2) as c:\n"
+        "            c.submit(open, '/etc/shadow', pure=False).result(timeout=20)\n"
+        "            reached.append(address)\n"
+        "    except Exception:\n"
+        "        pass\n"
+        "tries = [threading.Thread(target=attempt, args=(f'{s}://127.0.0.1:{p}',), daemon=True)"
+        " for p in sorted(ports) for s in ('tcp', 'tls')]\n"
+        "for t in tries:\n    t.start()\n"
+        "for t in tries:\n    t.join(30)\n"  # a port that never answers a handshake is no way in
+        "print(f'reached {reached or \"no scheduler\"} on {len(ports)} ports', flush=True)\nos._exit(3)",
+        "reached no scheduler on",
+    ),
+    "fills-the-disk": (
+        "import time\nwith open('filler', 'wb') as f:\n    for _ in range(64):\n"
+        "        f.write(b'x' * 8 * 2**20)\n        f.flush()\ntime.sleep(120)",
+        "over its disk quota (0.28 GiB in its job folder)",
+    ),
     "runs-as-root": (
         "import os\nassert os.getuid() != 0 and os.geteuid() != 0\nraise SystemExit(f'uid {os.getuid()}')",
         "uid 2",
@@ -242,20 +291,58 @@ _HOSTILE = {
 
 @pytest.mark.skipif(NO_SANDBOX is not None, reason=f"jobs cannot be sandboxed here: {NO_SANDBOX}")
 def test_hostile_model_files_are_contained_and_the_other_user_is_unaffected(
-    alice: Caller, bob: Caller, service: ServiceProcess, generated: list[Path]
+    alice: Caller, bob: Caller, service: ServiceProcess, issuer: Issuer, generated: list[Path]
 ) -> None:
     prelude = f"WORKDIR = {str(service.workdir)!r}\n"
-    jobs = {
-        name: alice.submit(**_job(generated, model=prelude + code + "\n" + MODEL)).json()["id"]
-        for name, (code, _) in _HOSTILE.items()
-    }
+    # three hostile users (one running job each: three at a time), and bob, honest, beside them
+    hostile = [
+        alice,
+        *(Caller(service.url, issuer.token(who, lifetime=3600)) for who in ("mallory", "trudy")),
+    ]
+    jobs: dict[str, tuple[Caller, str]] = {}
+    for i, (name, (code, _)) in enumerate(_HOSTILE.items()):
+        caller = hostile[i % len(hostile)]
+        body = _job(generated, model=prelude + code + "\n" + MODEL, resources={"disk": "300MB"})
+        jobs[name] = (caller, caller.submit(**body).json()["id"])
     honest = bob.submit(**_job(generated)).json()["id"]
-    for name, job_id in jobs.items():
-        done = alice.wait(job_id)
+    for name, (caller, job_id) in jobs.items():
+        done = caller.wait(job_id)
         assert done["state"] == "failed", (name, done)
         assert _HOSTILE[name][1] in done["error"], (name, done["error"])
     assert bob.wait(honest)["state"] == "succeeded"
     assert httpx.get(f"{service.url}/healthz").status_code == 200
+
+
+_SHOWS_CREDENTIALS = """import hashlib, os
+token = os.environ.get('BEARER_TOKEN_FILE')
+token = token and ('given' if hashlib.sha256(open(token, 'rb').read()).hexdigest() == 'HASH' else 'wrong')
+proxy = os.environ.get('X509_USER_PROXY')
+proxy = proxy and open(proxy).read().splitlines()[0]
+raise SystemExit(f'token {token} proxy {proxy}')
+""".replace("HASH", hashlib.sha256(b"tok-alice-1").hexdigest())  # the token itself is not in the source
+_PROXY = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+
+
+def test_a_users_data_credential_reaches_their_job_only_and_is_never_shown(
+    alice: Caller, bob: Caller, service: ServiceProcess, generated: list[Path]
+) -> None:
+    import sqlite3
+
+    model = _SHOWS_CREDENTIALS + MODEL
+    mine = alice.submit(**_job(generated, model=model), data_token="tok-alice-1", x509_proxy=_PROXY)
+    assert mine.status_code == 201, mine.text
+    theirs = bob.submit(**_job(generated, model=model)).json()["id"]
+    job_id = mine.json()["id"]
+    secrets = ("tok-alice-1", "MIIBfake")
+    assert not [s for s in secrets if s in mine.text + alice.client.get(f"/jobs/{job_id}").text]
+    assert "token given proxy -----BEGIN CERTIFICATE-----" in alice.wait(job_id)["error"]
+    assert "token None proxy None" in bob.wait(theirs)["error"]
+    shown = alice.client.get(f"/jobs/{job_id}").text + alice.client.get(f"/logs?id={job_id}").text
+    assert not [s for s in secrets if s in shown]
+    with sqlite3.connect(service.workdir / "jobs.sqlite") as db:  # forgotten once the job ended
+        stored = " ".join(str(row) for row in db.execute("select * from jobs"))
+    assert job_id in stored
+    assert not [s for s in secrets if s in stored]
 
 
 def test_a_worker_that_dies_mid_job_is_retried_and_the_job_finishes(
@@ -351,6 +438,18 @@ def test_a_worker_that_dies_mid_job_is_retried_and_the_job_finishes(
             "resources.trainers: the cluster has 2 workers, not 3",
         ),
         (b"[" * 100_000 + b"]" * 100_000, 400, "nested too deeply"),
+        (
+            json.dumps({"files": ["root://h//a.root"], "model": MODEL, "x509_proxy": "not a proxy"}).encode(),
+            422,
+            "x509_proxy: not a PEM proxy",
+        ),
+        (
+            json.dumps(
+                {"files": ["root://h//a.root"], "model": MODEL, "resources": {"disk": "lots"}}
+            ).encode(),
+            422,
+            "'lots' is not a size such as '4GB'",
+        ),
     ],
     ids=[
         "malformed",
@@ -370,6 +469,8 @@ def test_a_worker_that_dies_mid_job_is_retried_and_the_job_finishes(
         "huge",
         "trainers",
         "deep",
+        "proxy-not-pem",
+        "disk-not-a-size",
     ],
 )
 def test_bad_submissions_are_refused_with_the_field_named(
@@ -418,7 +519,7 @@ def test_a_restart_fails_running_jobs_clearly_and_runs_queued_ones(
     issuer: Issuer, cluster: Any, generated: list[Path], tmp_path: Path
 ) -> None:
     args = _args(issuer, cluster, generated[0].parent, tmp_path / "models", "--max-jobs-per-user", "1")
-    svc = ServiceProcess(tmp_path, *args).start()
+    svc = ServiceProcess(tmp_path, *args, env=_credentials(cluster, tmp_path)).start()
     carol = Caller(svc.url, issuer.token("carol"))
     running = carol.submit(**_job(generated, model=SLEEPER)).json()
     queued = carol.submit(**_job(generated)).json()
@@ -436,3 +537,22 @@ def test_a_restart_fails_running_jobs_clearly_and_runs_queued_ones(
         assert time.monotonic() < deadline, "the lost job's task still runs"
         time.sleep(0.5)
     svc.stop()
+
+
+@pytest.mark.skipif(NO_SANDBOX is not None, reason=f"jobs cannot be sandboxed here: {NO_SANDBOX}")
+def test_sandboxed_jobs_refuse_a_scheduler_that_takes_anyone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp://", dashboard_address=None) as open_one:
+        address = open_one.scheduler_address
+        args = ["service", "--insecure-dev", "--workdir", str(tmp_path / "w"), "--scheduler", address]
+        refused = subprocess.run(
+            [sys.executable, "-m", "mlaas4hep_dask.cli", *args], capture_output=True, text=True, timeout=120
+        )
+    assert refused.returncode == 2, refused.stderr
+    assert f"the Dask scheduler {address} takes connections without credentials" in refused.stderr
+    assert "--unsandboxed-jobs" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -20,7 +20,7 @@ import numpy as np
 from mlaas4hep_dask.bundle import Bundle
 from mlaas4hep_dask.errors import ConfigError
 
-__all__ = ["EventError", "ignored_branches", "prepare_events", "prepare_inputs"]
+__all__ = ["EventError", "ignored_branches", "prepare_columns", "prepare_events", "prepare_inputs"]
 
 
 class EventError(ConfigError):
@@ -105,29 +105,86 @@ def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]
 def prepare_events(bundle: Bundle, events: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Rows of X for the events that pass the bundle's cuts, and their positions in ``events``.
 
-    Without preprocessing (no new branch, no cut) the events' numbers go straight into the
-    row kernels of the training loader (:meth:`~mlaas4hep_dask.tensorize.Layout.rows`);
-    otherwise through the bundle's plan on awkward arrays, as in training.
+    The events' numbers go through the bundle's plan on NumPy arrays
+    (:meth:`~mlaas4hep_dask.preprocess.Plan.select_plain`) into the row kernels of the
+    training loader (:meth:`~mlaas4hep_dask.tensorize.Layout.rows`); events that the fast
+    reading cannot take (a value that is not a finite number, say) go the awkward way, as in
+    training, which names the offending value.
     """
     inputs = {name: bundle.inputs[name] for name in bundle.plan.columns}
     plain = _plain_columns(events, inputs)
-    n = len(events)
-    preproc = bundle.plan.preproc
-    if plain is not None and (preproc is None or not (preproc.new_branches or bundle.plan.cuts)):
-        X, rows = bundle.layout.rows(n, *plain)
-        positions = np.arange(n)
-        return X, positions if rows is None else positions[rows]
     if plain is not None:
-        flat, lists = plain
-        columns: dict[str, Any] = {k: v.astype(inputs[k].dtype) for k, v in flat.items()}
-        for k, (starts, stops, values) in lists.items():
-            columns[k] = ak.unflatten(values.astype(inputs[k].dtype), stops - starts)
-    else:
-        columns = _columns(events, inputs)
-    selection = bundle.plan.select(ak.zip(columns, depth_limit=1))
+        return _rows(bundle, len(events), *plain)
+    selection = bundle.plan.select(ak.zip(_columns(events, inputs), depth_limit=1))
     X, rows = bundle.layout.transform(selection.record)
     positions = selection.positions
     return X, positions if rows is None else positions[rows]
+
+
+def _rows(
+    bundle: Bundle,
+    n: int,
+    flat: Mapping[str, np.ndarray],
+    lists: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Checked plain columns through the bundle's plan (on NumPy) into the loader's row kernels."""
+    preproc, positions = bundle.plan.preproc, np.arange(n)
+    if preproc is not None and (preproc.new_branches or bundle.plan.cuts):
+        # as read from a file: each branch's own type, so the expressions give the same numbers
+        types = bundle.inputs
+        flat = {k: v.astype(types[k].dtype, copy=False) for k, v in flat.items()}
+        lists = {k: (a, b, v.astype(types[k].dtype, copy=False)) for k, (a, b, v) in lists.items()}
+        flat, lists, positions = bundle.plan.select_plain(flat, lists)
+    X, rows = bundle.layout.rows(len(positions), flat, lists)
+    return X, positions if rows is None else positions[rows]
+
+
+def prepare_columns(bundle: Bundle, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows of X from raw events given column by column (an ``.npz`` body), their positions,
+    and the number of events.
+
+    A flat branch is one array of a value per event; a jagged branch ``NAME`` is its items,
+    all events' one after the other, and ``NAME.counts``, the number of items of each event.
+    """
+    inputs = {name: bundle.inputs[name] for name in bundle.plan.columns}
+    flat: dict[str, np.ndarray] = {}
+    lists: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    n: int | None = None
+    for name, branch in inputs.items():
+        if name not in arrays:
+            raise EventError(f"the body lacks branch {name!r} (the model reads {sorted(inputs)})")
+        values = _column(arrays[name], name, branch.dtype)
+        if branch.is_jagged:
+            key = f"{name}.counts"
+            if key not in arrays:
+                raise EventError(f"jagged branch {name!r} needs {key!r}: the number of items of each event")
+            counts = np.asarray(arrays[key])
+            if counts.ndim != 1 or counts.dtype.kind not in "iu" or (counts < 0).any():
+                raise EventError(f"{key!r} must be one non-negative integer per event")
+            if int(counts.sum()) != len(values):
+                raise EventError(f"{key!r} counts {int(counts.sum())} items; {name!r} has {len(values)}")
+            stops = np.cumsum(counts, dtype=np.int64)
+            lists[name], size = (stops - counts, stops, values), len(counts)
+        else:
+            flat[name], size = values, len(values)
+        if n is not None and size != n:
+            raise EventError(f"branch {name!r} gives {size} events; the branches before it gave {n}")
+        n = size
+    if not n:
+        raise EventError("the body holds no event")
+    X, positions = _rows(bundle, n, flat, lists)
+    return X, positions, n
+
+
+def _column(values: Any, name: str, dtype: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1 or array.dtype.kind not in "biuf":
+        raise EventError(f"branch {name!r} must be a 1-D array of numbers, not {array.dtype} {array.shape}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise EventError(f"branch {name!r} holds NaN or infinities, which are not accepted")
+    if np.dtype(dtype).kind in "iub" and array.dtype.kind == "f" and (array % 1 != 0).any():
+        raise EventError(f"branch {name!r} holds fractions, but the branch holds integers ({dtype})")
+    return array
 
 
 def ignored_branches(bundle: Bundle, events: Sequence[Any]) -> list[str]:

@@ -6,8 +6,10 @@ Routes (OpenAPI page at ``/docs``):
 - ``GET /models``, ``GET /models/{name}``, ``DELETE /models/{name}``, ``DELETE /models/{name}/{version}``
 - ``POST /predict/{name}?version=N``: ``{"events": [...]}`` (raw events, prepared by the
   bundle as in training) or ``{"inputs": [[...], ...]}`` (prepared rows), or a NumPy ``.npy``
-  body (``Content-Type: application/x-npy``) of rows; answers ``{"scores": [...]}`` in input
-  order (``null`` for events the bundle's cuts reject)
+  body (``Content-Type: application/x-npy``) of rows, or an ``.npz`` body
+  (``application/x-npz``) of raw events branch by branch (a jagged branch ``NAME`` as its
+  items and ``NAME.counts``); answers ``{"scores": [...]}`` in input order (``null`` for
+  events the bundle's cuts reject)
 - ``/v2/...``: the open inference protocol (KServe v2), see :mod:`mlaas4hep_dask.serve._kserve`
 - ``POST /json`` (TFaaS): ``{"keys": [...], "values": [[...]], "model": "name"}`` → list of scores
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text)
@@ -21,6 +23,7 @@ import gc
 import io
 import json
 import time
+import zipfile
 from collections.abc import Callable, Hashable, Sequence, Sized
 from itertools import chain
 from typing import Annotated, Any
@@ -44,7 +47,13 @@ from mlaas4hep_dask._http import offline_docs, refuse_deep_json
 from mlaas4hep_dask.bundle import Bundle
 from mlaas4hep_dask.errors import MLaaSError
 from mlaas4hep_dask.serve._batcher import Batcher, Overloaded
-from mlaas4hep_dask.serve._events import EventError, ignored_branches, prepare_events, prepare_inputs
+from mlaas4hep_dask.serve._events import (
+    EventError,
+    ignored_branches,
+    prepare_columns,
+    prepare_events,
+    prepare_inputs,
+)
 from mlaas4hep_dask.serve._kserve import decode_infer, infer_answer, model_metadata
 from mlaas4hep_dask.serve.repository import BundleError, ModelNotFoundError, Repository, manifest_of
 
@@ -155,7 +164,7 @@ _PREDICT_BODY = _body_doc(
         "raw events": {"events": [{"nJets": 5, "MET": 65.9, "HT": 429.2, "jetPt": [120.1, 80.4, 60.0]}]},
         "prepared rows": {"inputs": [[0.25, 0.5, 0.0, 1.0]]},
     },
-    binary="application/x-npy",
+    binary=("application/x-npy", "application/x-npz"),
 )
 _TFAAS_BODY = _body_doc(
     {
@@ -289,11 +298,15 @@ def create_app(
         if len(raw) > max_body:
             raise EventError(f"request body over the limit of {max_body} bytes")
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        if kind in ("application/x-npy", "application/octet-stream"):
+        if kind in ("application/x-npy", "application/x-npz", "application/octet-stream"):
             try:
-                return "inputs", np.load(io.BytesIO(raw), allow_pickle=False)
-            except (ValueError, OSError, EOFError):
-                raise EventError("the body is not a NumPy .npy array") from None
+                loaded = np.load(io.BytesIO(raw), allow_pickle=False)
+                if isinstance(loaded, np.lib.npyio.NpzFile):  # raw events, branch by branch
+                    with loaded:
+                        return "columns", {k: loaded[k] for k in loaded.files}
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+                raise EventError("the body is not a NumPy .npy array or .npz archive of arrays") from None
+            return "inputs", loaded
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -319,19 +332,28 @@ def create_app(
                 if keys or len(payload) != 1:
                     raise EventError(f"give exactly one of 'events' or 'inputs' (got {sorted(payload)})")
                 kind, payload = next(iter(payload.items()))
-            if kind == "events":
-                if (
-                    not isinstance(payload, list)
-                    or not payload
-                    or not all(isinstance(e, dict) for e in payload)
-                ):
+            if kind == "columns":
+                reads = {*bundle.plan.columns, *(f"{n}.counts" for n in bundle.plan.columns)}
+                ignored = sorted(set(payload) - reads)
+                X, positions, n = prepare_columns(bundle, payload)
+            elif kind == "events":
+                if not isinstance(payload, list) or not payload:
                     raise EventError("'events' must be a non-empty list of objects")
+                if not all(isinstance(e, dict) for e in payload):
+                    i = next(i for i, e in enumerate(payload) if not isinstance(e, dict))
+                    raise EventError(
+                        f"events[{i}] must be an object of branch values, not {type(payload[i]).__name__}"
+                    )
                 ignored = ignored_branches(bundle, payload)
             else:
                 payload = prepare_inputs(bundle, payload)
         finally:
             batcher.arriving -= 1
-        scores = await _score(info, bundle, kind, payload)
+        if kind == "columns":  # prepared here: the batcher gets their rows
+            rows = await _score(info, bundle, "inputs", X) if len(X) else []
+            scores = _scores(np.asarray(rows), positions, n)
+        else:
+            scores = await _score(info, bundle, kind, payload)
         answer = {"model": info.name, "version": info.version, "scores": scores}
         if ignored:
             answer["ignored"] = ignored

@@ -8,6 +8,15 @@ params, ``run``, ``luminosityBlock`` and ``event`` by default, those the tree ha
 (whether the bundle's cuts keep the event) and ``score`` (NaN where they do not; ``score_0``,
 ``score_1``, ... for multiclass models).
 Nothing is gathered on the client but the list of files written.
+
+Every event of every input gets a row, in entry order, and a partition's file holds the
+entries of one input file only: the parts of an input file, chained in order, line up entry
+by entry with its tree.  ``friends.json`` lists them per input file (its tree, entries and
+parts), so a ROOT friend is one chain away::
+
+    chain = ROOT.TChain("scores")
+    for part in friends["inputs"][0]["parts"]: chain.Add(part)
+    events.AddFriend(chain)      # events.Draw("score", "passed")
 """
 
 from __future__ import annotations
@@ -149,4 +158,17 @@ def predict_files(
     tasks = [
         score(part, i, f, a) for i, (part, (f, a, _)) in enumerate(zip(read, dataset.partitions, strict=True))
     ]
-    return [Path(p) for p in compute(tasks, client)]
+    written = [Path(p) for p in compute(tasks, client)]
+    _write_friends(Path(out), dataset, written, fmt)
+    return written
+
+
+def _write_friends(out: Path, dataset: Any, written: Sequence[Path], fmt: str) -> None:
+    """``friends.json``: per input file, the parts that line up with its tree, in entry order."""
+    import json
+
+    inputs = [{"file": f.path, "tree": f.tree, "entries": f.entries, "parts": []} for f in dataset.files]
+    for (f, _, _), path in sorted(zip(dataset.partitions, written, strict=True), key=lambda x: x[0][:2]):
+        inputs[f]["parts"].append(path.name)
+    index = {"tree": "scores" if fmt == "root" else None, "inputs": inputs}
+    (out / "friends.json").write_text(json.dumps(index, indent=1) + "\n")

@@ -1,11 +1,14 @@
 """The task that runs one job on a Dask worker.
 
 :func:`run_job` secedes from the worker's thread pool (so the job's own data tasks can use
-it), writes the job's inputs into a private folder, and runs ``mlaas4hep train`` on the same
-scheduler in a child process.  The child's output goes to the service as Dask events (topic
-:data:`TOPIC`), with its progress lines parsed; a cancel (a Dask ``Event``) or the timeout
-ends the child's whole process group.  The run directory comes back as a tarball in the
-task's result, so the service and the workers need no shared disk.
+it), writes the job's inputs into a private folder, and runs ``mlaas4hep train`` in a child
+process: a sandboxed job (:mod:`.sandbox`) on a LocalCluster of its own inside its sandbox
+(the shared cluster's workers would run any task it sent them with their own powers), an
+unsandboxed one on the same scheduler as the service.  The child's output goes to the
+service as Dask events (topic :data:`TOPIC`), with its progress lines parsed; a cancel (a
+Dask ``Event``) or the timeout ends the child's whole process group.  The run directory
+comes back as a tarball in the task's result, so the service and the workers need no shared
+disk.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 from mlaas4hep_dask._tarball import pack
 from mlaas4hep_dask.service import sandbox
 
-__all__ = ["TOPIC", "cancel_event_name", "run_job"]
+__all__ = ["TOPIC", "cancel_event_name", "own_workers", "run_job"]
 
 TOPIC = "mlaas4hep-jobs"
 _PROGRESS = re.compile(r"progress: (\w+) (\d+)/(\d+) events")
@@ -63,6 +66,32 @@ def _write_inputs(folder: Path, spec: dict[str, Any], extra: dict[str, bytes]) -
     return args
 
 
+def own_workers(resources: dict[str, Any]) -> int:
+    """Worker processes of a sandboxed job's own cluster: ``resources.workers``, else enough for
+    its trainers, else two (or the machine's cores, if fewer)."""
+    trainers = resources.get("trainers")
+    wanted = resources.get("workers") or (trainers if isinstance(trainers, int) else None)
+    return int(wanted or min(2, os.cpu_count() or 1))
+
+
+#: Where a job's data credentials go in its folder, and the variable that points the clients to them.
+_CREDENTIALS = {"token": ("token", "BEARER_TOKEN_FILE"), "x509_proxy": ("x509up", "X509_USER_PROXY")}
+
+
+def _credentials(folder: Path, spec: dict[str, Any]) -> dict[str, str]:
+    """Write the user's data credentials for this job (files 0600); return the variables naming them."""
+    given = spec.get("credentials") or {}
+    env: dict[str, str] = {}
+    for key, (name, variable) in _CREDENTIALS.items():
+        if given.get(key):
+            path = folder / ".credentials" / name
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(given[key])
+            env[variable] = str(path)
+    return env
+
+
 def _stop(proc: subprocess.Popen[str]) -> None:
     """End the child and everything it started."""
     for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
@@ -84,6 +113,7 @@ _OVER = (
     ("memory", ("MemoryError", "Cannot allocate memory", "std::bad_alloc")),
     ("processes", ("BlockingIOError", "Resource temporarily unavailable", "can't start new thread")),
     ("file_size", ("File too large",)),
+    ("space", ("No space left on device",)),
 )
 
 
@@ -128,21 +158,31 @@ def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[
 
     with tempfile.TemporaryDirectory(prefix=f"mlaas4hep-job-{job_id[:12]}-") as tmp:
         folder = Path(tmp)
-        args = ["train", *_write_inputs(folder, spec, extra)]
-        args += ["--out", "run", "--scheduler", worker.scheduler.address, "--log-progress", "2", "-q"]
+        args = ["train", *_write_inputs(folder, spec, extra), "--out", "run", "--log-progress", "2", "-q"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        env["DASK_MLAAS4HEP__CLUSTER__DIRECT_TO_WORKERS"] = "true"  # a worker reaches the other workers
+        credentials = _credentials(folder, spec)  # the user's own, for this job only
         limits = None
         if spec.get("sandbox"):
             if (why := sandbox.unavailable()) is not None:
                 return {"state": "failed", "error": f"worker {worker.address} cannot sandbox jobs: {why}"}
             uid, limits = sandbox.job_uid(job_id), sandbox.Limits.of(spec["resources"], spec["timeout"])
+            # a cluster of its own, inside the sandbox: the shared scheduler runs code as the workers' user
+            workers = own_workers(spec["resources"])
+            args += ["--scheduler", "local", "--workers", str(workers), "--threads", "1"]
+            if spec["resources"].get("memory"):
+                args += ["--memory-limit", str(spec["resources"]["memory"])]
             _hand_over(folder, uid)
-            cmd = sandbox.sandboxed(args, folder, [Path(r) for r in spec.get("reads", [])], uid, limits)
-            env = sandbox.environment(env, folder)
+            reads = [Path(r) for r in spec.get("reads", [])]
+            cmd = sandbox.sandboxed(args, folder, reads, uid, limits, gpu=bool(spec["resources"].get("gpu")))
+            env = sandbox.environment(env, folder) | credentials
+            where = f"in its sandbox, {workers} workers of its own"
         else:
+            args += ["--scheduler", worker.scheduler.address]
+            env["DASK_MLAAS4HEP__CLUSTER__DIRECT_TO_WORKERS"] = "true"  # a worker reaches the other workers
+            env.update(credentials)
             cmd = [sys.executable, "-m", "mlaas4hep_dask.service._child", *args]
-        emit(line=f"[service] running on worker {worker.address} (scheduler {worker.scheduler.address})")
+            where = f"on the cluster of scheduler {worker.scheduler.address}"
+        emit(line=f"[service] running on worker {worker.address}, {where}")
         emit(progress=0.0, phase="starting")
         start = time.monotonic()
         proc = subprocess.Popen(
@@ -166,6 +206,7 @@ def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         outcome: dict[str, Any] | None = None
+        checked = start
         while proc.poll() is None:
             if cancel.wait(timeout=0.5):
                 _stop(proc)
@@ -173,6 +214,11 @@ def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[
             elif time.monotonic() - start > spec["timeout"]:
                 _stop(proc)
                 outcome = {"state": "failed", "error": f"timed out after {spec['timeout']:.0f} s"}
+            elif limits is not None and time.monotonic() - checked > 1.0:
+                checked = time.monotonic()
+                if sandbox.folder_bytes(folder) > limits.disk:
+                    _stop(proc)
+                    outcome = {"state": "failed", "error": f"the job went over {limits.describe('disk')}"}
         reader.join(timeout=30)
         log.close()
         if outcome is not None:

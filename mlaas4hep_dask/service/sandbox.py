@@ -14,8 +14,15 @@ its child process is started through Debian's ``bubblewrap`` (``bwrap``) as:
   namespaces: it sees only its own processes, which all end with it;
 - **limits** (``setrlimit``): address space (the job's ``resources.memory``, else 16 GiB), CPU
   seconds (its timeout times the cores), processes and threads (512), file size (4 GiB), open files
-  (4096).  A job over a limit ends ``failed`` with the limit named;
-- **an allowlist of environment variables** (no database URL, no OIDC secrets, no tokens).
+  (4096); a disk quota of its job folder (``resources.disk``, else 20 GiB, watched by the
+  worker every second), a 2 GiB ``/tmp`` and a 256 MiB ``/dev/shm``.  A job over a limit ends
+  ``failed`` with the limit named;
+- **an allowlist of environment variables** (no database URL, no OIDC secrets, no tokens, no
+  Dask settings: not the shared cluster's address or its TLS credentials);
+- **no way into the shared cluster**: the job computes on a LocalCluster of its own inside the
+  sandbox (``resources.workers`` processes, under the same user and limits); the service's
+  scheduler must require TLS client certificates (``--scheduler local`` makes temporary ones
+  that never touch the disk), so that a job that finds its port cannot connect to it.
 
 Where ``bwrap`` cannot run (not installed, no namespaces, the worker not root), the service
 refuses to run jobs unless started with ``--unsandboxed-jobs``.
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -51,7 +59,6 @@ _ENV_ALLOWED = (
     "XRD_CONNECTIONWINDOW",
     "XRD_RUNFORKHANDLER",
 )
-_ENV_PREFIXES = ("DASK_",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +70,10 @@ class Limits:
     processes: int = 512
     file_size: int = 4 * 2**30
     open_files: int = 4096
+    #: The job folder's quota (watched by the worker); ``/tmp`` and ``/dev/shm`` are capped apart.
+    disk: int = 20 * 2**30
+    tmp: int = 2 * 2**30
+    shm: int = 256 * 2**20
 
     @classmethod
     def of(cls, resources: Mapping[str, Any], timeout: float) -> Limits:
@@ -70,7 +81,9 @@ class Limits:
         from dask.utils import parse_bytes
 
         memory = parse_bytes(resources["memory"]) if resources.get("memory") else cls.memory
-        return cls(memory=int(memory), cpu_seconds=int(max(timeout, 60) * (os.cpu_count() or 1)))
+        disk = parse_bytes(resources["disk"]) if resources.get("disk") else cls.disk
+        cpu = int(max(timeout, 60) * (os.cpu_count() or 1))
+        return cls(memory=int(memory), cpu_seconds=cpu, disk=int(disk))
 
     def describe(self, kind: str) -> str:
         """The limit, in words, for a job's error."""
@@ -79,6 +92,8 @@ class Limits:
             "cpu": f"its CPU-time limit ({self.cpu_seconds} s)",
             "processes": f"its limit of {self.processes} processes and threads",
             "file_size": f"its file-size limit ({self.file_size / 2**30:.1f} GiB)",
+            "disk": f"its disk quota ({self.disk / 2**30:.2f} GiB in its job folder)",
+            "space": f"the space it has ({self.tmp / 2**30:.0f} GiB in /tmp, or the worker's disk is full)",
         }
         return words[kind]
 
@@ -119,7 +134,7 @@ def _python_dirs() -> list[str]:
 
 def environment(base: Mapping[str, str], folder: Path) -> dict[str, str]:
     """The job's environment: the allowed variables of ``base``, and its own home and caches."""
-    env = {k: v for k, v in base.items() if k in _ENV_ALLOWED or k.startswith(_ENV_PREFIXES)}
+    env = {k: v for k, v in base.items() if k in _ENV_ALLOWED}
     env.update(
         HOME=str(folder),
         TMPDIR="/tmp",
@@ -131,7 +146,7 @@ def environment(base: Mapping[str, str], folder: Path) -> dict[str, str]:
 
 
 def sandboxed(
-    args: Sequence[str], folder: Path, reads: Sequence[Path], uid: int, limits: Limits
+    args: Sequence[str], folder: Path, reads: Sequence[Path], uid: int, limits: Limits, gpu: bool = False
 ) -> list[str]:
     """The command that runs ``python -m mlaas4hep_dask.service._child ARGS`` in the sandbox.
 
@@ -147,6 +162,8 @@ def sandboxed(
         The job's user.
     limits
         Its resource limits.
+    gpu
+        Whether the job sees the machine's NVIDIA devices (``/dev/nvidia*``).
     """
     bwrap = shutil.which("bwrap") or "bwrap"
     cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
@@ -168,7 +185,22 @@ def sandboxed(
                 out += ["--perms", "0755", "--dir", name]
         return out
 
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    cmd += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--size",
+        str(limits.tmp),
+        "--tmpfs",
+        "/tmp",
+    ]
+    # its own /dev/shm: the semaphores of its cluster's processes
+    cmd += ["--perms", "1777", "--size", str(limits.shm), "--tmpfs", "/dev/shm"]
+    for device in sorted(glob.glob("/dev/nvidia*")) if gpu else []:
+        cmd += ["--dev-bind", device, device]
     for path in [*_python_dirs(), *map(str, reads)]:
         cmd += [*parents(path), "--ro-bind", path, path]
     cmd += [*parents(str(folder)), "--bind", str(folder), str(folder)]
@@ -176,6 +208,26 @@ def sandboxed(
     child = [sys.executable, "-m", "mlaas4hep_dask.service._child"]
     child += ["--as", str(uid), "--limits", json.dumps(dataclasses.asdict(limits))]
     return [*cmd, "--", *child, *args]
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes that the files under ``folder`` hold on disk (what its quota counts)."""
+    total = 0
+    stack = [str(folder)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:  # removed meanwhile
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                else:
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue
+    return total
 
 
 def enter(uid: int, limits: Mapping[str, int]) -> None:

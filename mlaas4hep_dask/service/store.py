@@ -83,8 +83,8 @@ class Job:
     result: dict[str, Any] | None
 
     def public(self) -> dict[str, Any]:
-        """What ``GET /jobs/{id}`` shows (the inputs without the model source)."""
-        spec = {k: v for k, v in self.spec.items() if k not in ("model_source", "extra_files")}
+        """What ``GET /jobs/{id}`` shows (the inputs without the model source or credentials)."""
+        spec = {k: v for k, v in self.spec.items() if k not in ("model_source", "extra_files", "credentials")}
         out = dataclasses.asdict(self) | {"spec": spec}
         return out
 
@@ -156,7 +156,10 @@ class JobStore:
             return [self._job(row) for row in db.execute(query)]
 
     def transition(self, job_id: str, old: Sequence[str], new: str, **fields: Any) -> bool:
-        """Move a job from one of ``old`` states to ``new`` (atomically); False if it was not in ``old``."""
+        """Move a job from one of ``old`` states to ``new`` (atomically); False if it was not in ``old``.
+
+        A job that ends forgets the user's data credentials, in the same transaction.
+        """
         values: dict[str, Any] = {"state": new, **fields}
         if new == "running":
             values.setdefault("started", _now())
@@ -168,6 +171,12 @@ class JobStore:
             done = db.execute(
                 _jobs.update().where(_jobs.c.id == job_id, _jobs.c.state.in_(list(old))).values(**values)
             )
+            if done.rowcount and new in TERMINAL:
+                spec = json.loads(
+                    db.execute(sa.select(_jobs.c.spec).where(_jobs.c.id == job_id)).scalar_one()
+                )
+                if spec.pop("credentials", None) is not None:
+                    db.execute(_jobs.update().where(_jobs.c.id == job_id).values(spec=json.dumps(spec)))
         return bool(done.rowcount)
 
     def update_progress(self, job_id: str, progress: float | None, phase: str) -> None:

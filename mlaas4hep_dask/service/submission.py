@@ -46,6 +46,9 @@ class Resources(BaseModel):
 
     workers: Annotated[int, Field(ge=1)] | None = None
     memory: Annotated[str | None, Field(description="memory per worker, e.g. '4GB'")] = None
+    disk: Annotated[
+        str | None, Field(description="disk quota of the job's folder, e.g. '20GB' (default 20 GiB)")
+    ] = None
     gpu: bool = False
     trainers: Annotated[
         Annotated[int, Field(ge=1)] | Literal["all"] | None,
@@ -53,14 +56,14 @@ class Resources(BaseModel):
     ] = None
     timeout: Annotated[float | None, Field(gt=0, description="seconds; capped by the service")] = None
 
-    @field_validator("memory")
+    @field_validator("memory", "disk")
     @classmethod
     def _bytes(cls, value: str | None) -> str | None:
         if value is not None:
             try:
                 parse_bytes(value)
             except (ValueError, TypeError):
-                raise ValueError(f"{value!r} is not a memory size such as '4GB'") from None
+                raise ValueError(f"{value!r} is not a size such as '4GB'") from None
         return value
 
 
@@ -81,6 +84,16 @@ class Submission(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     push: bool | Annotated[str, Field(pattern=NAME_PATTERN)] = Field(
         False, description="push the bundle to the model repository (true: under the job name)"
+    )
+    data_token: Annotated[str | None, Field(max_length=16_384)] = Field(
+        None,
+        description="a bearer token for the job's root:// and HTTPS inputs: this job only gets it "
+        "(BEARER_TOKEN_FILE), never shown, forgotten when the job ends",
+    )
+    x509_proxy: Annotated[str | None, Field(max_length=65_536)] = Field(
+        None,
+        description="an X.509 proxy (PEM) for the job's inputs: this job only gets it "
+        "(X509_USER_PROXY), never shown, forgotten when the job ends",
     )
     # the original server's fields
     device: Literal["cpu", "gpu", "cuda"] | None = None
@@ -192,7 +205,11 @@ def job_spec(sub: Submission, config: ServiceConfig, upload: Path | None) -> dic
     push = sub.push if isinstance(sub.push, str) else (sub.name or "model") if sub.push else None
     if push and config.repository is None:
         raise SubmissionError("push: this service has no model repository (--repository)")
+    credentials = {k: v for k, v in (("token", sub.data_token), ("x509_proxy", sub.x509_proxy)) if v}
+    if sub.x509_proxy and "-----BEGIN" not in sub.x509_proxy:
+        raise SubmissionError("x509_proxy: not a PEM proxy (no -----BEGIN line)")
     return {
+        **({"credentials": credentials} if credentials else {}),
         "files": files,
         "labels": labels,
         "params": params or {},

@@ -30,6 +30,9 @@ def _where(path: Path, err: BaseException) -> str:
 def load_model_file(path: str | Path) -> ModuleType:
     """Import ``model.py`` as a module of its own (never as ``__main__``).
 
+    The file runs once per process while it is unchanged: the CLI loads it before starting a
+    cluster (a broken model.py fails at once), and training takes the same module.
+
     Raises
     ------
     ModelFileError
@@ -38,7 +41,12 @@ def load_model_file(path: str | Path) -> ModuleType:
     path = Path(path).resolve()
     if not path.is_file():
         raise ModelFileError(f"model file {str(path)!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"mlaas4hep_user_model_{abs(hash(path))}", path)
+    name = f"mlaas4hep_user_model_{abs(hash(path))}"
+    stat = path.stat()
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__mlaas4hep_stat__", None) == (stat.st_size, stat.st_mtime_ns):
+        return loaded
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ModelFileError(f"model file {str(path)!r} cannot be imported")
     module = importlib.util.module_from_spec(spec)
@@ -48,7 +56,8 @@ def load_model_file(path: str | Path) -> ModuleType:
         raise ModelFileError(f"model file {_where(path, err)}: {type(err).__name__}: {err}") from None
     if not callable(getattr(module, "model", None)):
         raise ModelFileError(f"model file {str(path)!r} defines no function model(idim)")
-    sys.modules.setdefault(spec.name, module)  # so that pickling-based tools can find its classes
+    module.__mlaas4hep_stat__ = (stat.st_size, stat.st_mtime_ns)  # type: ignore[attr-defined]
+    sys.modules[spec.name] = module  # so that pickling-based tools can find its classes
     return module
 
 

@@ -9,12 +9,14 @@ rounds are reported as epochs.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlaas4hep_dask._executors import Distributed
+from mlaas4hep_dask._quiet import dropping_on_workers
 from mlaas4hep_dask.config import Params
 from mlaas4hep_dask.stream import BatchLoader
 
@@ -106,9 +108,12 @@ def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
         evals = [(dtrain, "train")]
         if valid is not None:
             evals.append((_dask_matrix(xgb, valid, client, workers), "validation"))
-        out = xgboost.dask.train(
-            client, booster_params, dtrain, num_boost_round=rounds, evals=evals, verbose_eval=False
-        )
+        # each worker's C++ "got rank" line: not ours to show at the default verbosity
+        ranks = r"Task \[xgboost\.dask-\d+\]\S* got rank \d"
+        with nullcontext() if os.environ.get("MLAAS4HEP_VERBOSE") else dropping_on_workers(client, ranks):
+            out = xgboost.dask.train(
+                client, booster_params, dtrain, num_boost_round=rounds, evals=evals, verbose_eval=False
+            )
         booster, history = out["booster"], out["history"]
     else:
         dtrain = train.dmatrix()
