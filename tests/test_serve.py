@@ -243,8 +243,6 @@ def test_cli_push(server: str, runs: dict[str, Path], capsys: pytest.CaptureFixt
     assert "cannot reach the inference server" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["parquet", "root"])
 def _npz(columns: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **columns)
@@ -305,6 +303,8 @@ def test_raw_events_as_npz_columns_score_as_the_json_events(
     assert "not a NumPy .npy array or .npz archive" in garbage.json()["error"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["parquet", "root"])
 def test_batch_predict_writes_scores_per_partition(
     runs: dict[str, Path], data: list[Path], tmp_path: Path, fmt: str
 ) -> None:
@@ -498,8 +498,24 @@ def test_triton_clients_infer_unchanged_over_the_open_inference_protocol(
     X = np.random.default_rng(3).random((7, bundle.layout.idim)).astype(np.float32)
     features = triton.InferInput("features", list(X.shape), "FP32")
     features.set_data_from_numpy(X)
-    result = client.infer("v2model", [features], outputs=[triton.InferRequestedOutput("scores")])
-    np.testing.assert_allclose(result.as_numpy("scores"), bundle.predict_features(X), rtol=1e-5)
+    for binary_out in (True, False):  # the scores as raw bytes after the header, or as JSON data
+        wanted = [triton.InferRequestedOutput("scores", binary_data=binary_out)]
+        result = client.infer("v2model", [features], outputs=wanted)
+        assert ("binary_data_size" in str(result.get_response())) is binary_out
+        np.testing.assert_allclose(result.as_numpy("scores"), bundle.predict_features(X), rtol=1e-5)
+    asked = {
+        "inputs": [
+            {"name": "features", "datatype": "FP32", "shape": [2, X.shape[1]], "data": X[:2].ravel().tolist()}
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    answer = httpx.post(f"{server}/v2/models/v2model/infer", json=asked)
+    split = int(answer.headers["Inference-Header-Content-Length"])
+    header = json.loads(answer.content[:split])
+    assert header["outputs"][0]["parameters"]["binary_data_size"] == 8
+    np.testing.assert_allclose(
+        np.frombuffer(answer.content[split:], "<f4"), bundle.predict_features(X[:2]), rtol=1e-5
+    )
     # raw events: one JSON text per element of a BYTES tensor; rejected events score NaN
     events = _raw_events(data[0], bundle)
     texts = np.array([json.dumps(e).encode() for e in events], dtype=np.object_)

@@ -10,7 +10,9 @@ A model takes one of two inputs and gives one output:
 
 Tensors come as JSON ``data`` or, with the binary-tensor extension, as raw little-endian
 bytes after the JSON header (``Inference-Header-Content-Length``); ``BYTES`` elements are
-each prefixed by their length (4 bytes, little-endian).  Answers are JSON.
+each prefixed by their length (4 bytes, little-endian).  Answers are JSON, or the JSON
+header and the scores' raw bytes when the request asks for binary output (the output's
+``parameters.binary_data``, else the request's ``parameters.binary_data_output``).
 """
 
 from __future__ import annotations
@@ -130,25 +132,36 @@ def _elements(blob: memoryview) -> list[bytes]:
     return out
 
 
-def infer_answer(request: dict[str, Any], name: str, version: int, scores: list[Any]) -> bytes:
-    """The JSON answer: output ``scores`` (``NaN`` for events the cuts reject)."""
+def infer_answer(
+    request: dict[str, Any], name: str, version: int, scores: list[Any]
+) -> tuple[bytes, int | None]:
+    """The answer, output ``scores`` (``NaN`` for events the cuts reject), and the length of its
+    JSON header when the scores follow it as raw bytes (``None``: all JSON)."""
     width = next((len(s) for s in scores if isinstance(s, list)), None)
     values = np.full((len(scores), width) if width else len(scores), np.nan, dtype=np.float32)
     for i, score in enumerate(scores):
         if score is not None:
             values[i] = score
-    answer = {
-        "model_name": name,
-        "model_version": str(version),
-        "outputs": [
-            {
-                "name": "scores",
-                "datatype": "FP32",
-                "shape": list(values.shape),
-                "data": values.reshape(-1).tolist(),
-            }
-        ],
-    }
+    output: dict[str, Any] = {"name": "scores", "datatype": "FP32", "shape": list(values.shape)}
+    binary = _binary_output(request)
+    if binary:
+        output["parameters"] = {"binary_data_size": values.nbytes}
+    else:
+        output["data"] = values.reshape(-1).tolist()
+    answer: dict[str, Any] = {"model_name": name, "model_version": str(version), "outputs": [output]}
     if "id" in request:
         answer["id"] = request["id"]
-    return json.dumps(answer).encode()  # NaN as NaN, which the protocol's clients read
+    header = json.dumps(answer).encode()  # NaN as NaN, which the protocol's clients read
+    if not binary:
+        return header, None
+    return header + values.astype("<f4", copy=False).tobytes(), len(header)
+
+
+def _binary_output(request: dict[str, Any]) -> bool:
+    """Whether the request asks for the scores as raw bytes."""
+    for wanted in request.get("outputs") or []:
+        if isinstance(wanted, dict) and wanted.get("name") == "scores":
+            parameters = wanted.get("parameters") or {}
+            if "binary_data" in parameters:
+                return parameters["binary_data"] is True
+    return (request.get("parameters") or {}).get("binary_data_output") is True

@@ -405,7 +405,11 @@ def create_app(
         finally:
             batcher.arriving -= 1
         scores = await _score(info, bundle, "inputs" if kind == "features" else "events", payload)
-        return Response(infer_answer(header, info.name, info.version, scores), media_type="application/json")
+        answer, split = infer_answer(header, info.name, info.version, scores)
+        if split is None:
+            return Response(answer, media_type="application/json")
+        extension = {"Inference-Header-Content-Length": str(split)}
+        return Response(answer, media_type="application/octet-stream", headers=extension)
 
     @app.post("/json", openapi_extra=_TFAAS_BODY)
     async def tfaas(request: Request) -> list[Any]:
