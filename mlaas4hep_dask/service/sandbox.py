@@ -185,20 +185,9 @@ def sandboxed(
                 out += ["--perms", "0755", "--dir", name]
         return out
 
-    cmd += [
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--perms",
-        "1777",
-        "--size",
-        str(limits.tmp),
-        "--tmpfs",
-        "/tmp",
-    ]
-    # its own /dev/shm: the semaphores of its cluster's processes
-    cmd += ["--perms", "1777", "--size", str(limits.shm), "--tmpfs", "/dev/shm"]
+    cmd += ["--proc", "/proc", "--dev", "/dev"]
+    for path, size in (("/tmp", limits.tmp), ("/dev/shm", limits.shm)):  # /dev/shm: its cluster's semaphores
+        cmd += ["--perms", "1777", "--size", str(size), "--tmpfs", path]
     for device in sorted(glob.glob("/dev/nvidia*")) if gpu else []:
         cmd += ["--dev-bind", device, device]
     for path in [*_python_dirs(), *map(str, reads)]:
