@@ -243,6 +243,22 @@ def test_cli_push(server: str, runs: dict[str, Path], capsys: pytest.CaptureFixt
     assert "cannot reach the inference server" in capsys.readouterr().err
 
 
+def test_a_models_objects_leave_the_garbage_collectors_view_after_its_first_batch(
+    server: str, runs: dict[str, Path], data: list[Path]
+) -> None:
+    # its full passes over the frameworks' objects made the p99 of single events 4x the p90
+    import gc
+
+    assert _upload(server, runs["xgboost"], "frozen").status_code == 201
+    event = _raw_events(data[0], load_bundle(runs["xgboost"]), 1)
+    before = gc.get_freeze_count()
+    assert httpx.post(f"{server}/predict/frozen", json={"events": event}).status_code == 200
+    after_first = gc.get_freeze_count()
+    assert after_first > before
+    assert httpx.post(f"{server}/predict/frozen", json={"events": event}).status_code == 200
+    assert gc.get_freeze_count() <= after_first  # once per model version, not per request
+
+
 def _npz(columns: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **columns)

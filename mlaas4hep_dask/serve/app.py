@@ -200,6 +200,26 @@ def _score_events(bundle: Bundle, requests: Sequence[list[Any]]) -> list[Any]:
     return _per_request(_scores(values, positions, len(events)), requests)
 
 
+def _frozen_after_first(score: Callable[[Sequence[Any]], list[Any]]) -> Callable[[Sequence[Any]], list[Any]]:
+    """``score``, which moves every object alive out of the garbage collector's view after its
+    first call: the frameworks' millions of objects, the model's and those its first call
+    creates lazily.  Else the collector's full passes over them (tens of ms) land in the
+    latency of whichever request triggers one: the p99 of single events was 85 ms, 20 ms without.
+    """
+    first = True
+
+    def scored(requests: Sequence[Any]) -> list[Any]:
+        nonlocal first
+        results = score(requests)
+        if first:
+            first = False
+            gc.collect()
+            gc.freeze()
+        return results
+
+    return scored
+
+
 def _score_rows(bundle: Bundle, requests: Sequence[np.ndarray]) -> list[Any]:
     """Scores of each request's prepared rows, from one model call for them all."""
     return _per_request(bundle.predict_features(np.concatenate(requests)).tolist(), requests)
@@ -235,10 +255,7 @@ def create_app(
         known = scorers.get(key)
         if known is None or known[0] is not bundle:  # a version reloaded: a new queue
             score = _score_events if kind == "events" else _score_rows
-            known = scorers[key] = (bundle, lambda requests: score(bundle, requests))
-            # the frameworks' millions of objects, now loaded, leave the garbage collector's
-            # view: else its full passes over them cost more than parsing a request's events
-            gc.freeze()
+            known = scorers[key] = (bundle, _frozen_after_first(lambda requests: score(bundle, requests)))
         return known[1]
 
     app.add_middleware(_Measured, metrics=metrics, max_body=max_body)
