@@ -4,7 +4,8 @@ Usage: ``python benchmarks/serve.py [--seconds 8] [--workers 1]``
 
 Trains a small PyTorch model on generated data, without preprocessing and with the demo's
 ``configs/preproc.json`` (new branches, flat and jagged cuts: the ``pre-`` rows), starts
-``mlaas4hep serve`` in its own process on 127.0.0.1 and uploads both; starts the floor beside it
+``mlaas4hep serve`` in its own process on 127.0.0.1 and uploads both (a second server scores the
+same repository with ``--runtime onnx``: the ``onnx`` rows); starts the floor beside it
 (``benchmarks/_floor.py``: the same bundle's model behind the thinnest ASGI app that decodes
 prepared rows and calls it).  The load comes from ``wrk`` (Debian's ``wrk``: a native load
 generator, so the client is not the bottleneck; ``make bench`` installs it where it can),
@@ -139,33 +140,36 @@ def main() -> None:
     script = work / "post.lua"
     script.write_text(_LUA)
 
-    ours_port, floor_port = _free_port(), _free_port()
+    ours_port, onnx_port, floor_port = _free_port(), _free_port(), _free_port()
     serve = [sys.executable, "-m", "mlaas4hep_dask.cli", "serve", "--repo", str(work / "repo")]
+    serve += ["--workers", str(args.workers)]
     servers = [
-        subprocess.Popen(
-            [*serve, "--port", str(ours_port), "--workers", str(args.workers)], stdout=subprocess.DEVNULL
-        ),
+        subprocess.Popen([*serve, "--port", str(ours_port)], stdout=subprocess.DEVNULL),
+        # the same repository, scored by ONNX Runtime (model.onnx of the bundles)
+        subprocess.Popen([*serve, "--port", str(onnx_port), "--runtime", "onnx"], stdout=subprocess.DEVNULL),
         subprocess.Popen([sys.executable, str(HERE / "_floor.py"), str(run.path), str(floor_port)]),
     ]
     ours, floor = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{floor_port}"
+    base = {"ours": ours, "onnx": f"http://127.0.0.1:{onnx_port}"}
     plan = [
         ("ours", "raw-1", 1), ("ours", "raw-1", 16), ("ours", "raw-1000", 4), ("ours", "rows-1", 16),
         ("ours", "rows-1000", 4), ("ours", "npy-1000", 4),
         ("ours", "pre-raw-1", 1), ("ours", "pre-raw-1", 16), ("ours", "pre-raw-1000", 4),
         ("ours", "npz-raw-1000", 4), ("ours", "pre-npz-raw-1000", 4),
+        ("onnx", "raw-1", 1), ("onnx", "raw-1", 16), ("onnx", "npz-raw-1000", 4),
         ("floor", "rows-1", 1), ("floor", "rows-1", 16), ("floor", "rows-1000", 4),
     ]  # fmt: skip
     rows = []
     try:
-        _wait(ours)
-        _wait(floor)
+        for url in (*base.values(), floor):
+            _wait(url)
         for name, path in (("bench", run.path), ("bench-pre", pre.path)):
             httpx.post(
                 f"{ours}/upload", files={"file": ("run.tar.gz", pack(path))}, data={"name": name}, timeout=120
             ).raise_for_status()
         for server, body, connections in plan:
             name = "bench-pre" if body.startswith("pre-") else "bench"
-            url = f"{ours}/predict/{name}" if server == "ours" else f"{floor}/predict"
+            url = f"{base[server]}/predict/{name}" if server in base else f"{floor}/predict"
             path = next(p for p in (work / f"{body}.{ext}" for ext in ("json", "npy", "npz")) if p.exists())
             _wrk(url, path, connections, 2, script)  # warm-up: the model is loaded on first use
             result = _wrk(url, path, connections, args.seconds, script)
