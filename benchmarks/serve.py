@@ -7,13 +7,15 @@ Trains a small PyTorch model on generated data, without preprocessing and with t
 ``mlaas4hep serve`` in its own process on 127.0.0.1 and uploads both (a second server scores the
 same repository with ``--runtime onnx``: the ``onnx`` rows); starts the floor beside it
 (``benchmarks/_floor.py``: the same bundle's model behind the thinnest ASGI app that decodes
-prepared rows and calls it).  The load comes from ``wrk`` (Debian's ``wrk``: a native load
-generator, so the client is not the bottleneck; ``make bench`` installs it where it can),
+prepared rows and calls it), and the peer server, Seldon MLServer with its XGBoost runtime
+(installed in a venv of its own under ``--out`` on first use), serving an XGBoost bundle's
+booster: the ``v2-rows`` rows send both servers the same open-inference-protocol requests.
+The load comes from ``wrk`` (Debian's ``wrk``: a native load generator, so the client is
+not the bottleneck; ``make bench`` installs it where it can),
 each row for ``--seconds``: single raw events with 1 and 16 connections, 1000-event
 requests (raw events as JSON objects and as an ``.npz`` of branches, prepared rows as JSON
-and as a ``.npy`` body) with 4 connections;
-the floor's JSON rows alike.  Every
-row reports requests/s, events/s, p50 and p99, and the share of answers that were not 200.
+and as a ``.npy`` body) with 4 connections; the floor's JSON rows alike.  Every row reports
+requests/s, events/s, p50 and p99, and the share of answers that were not 200.
 Writes ``serve-benchmark.json`` into ``--out``.
 """
 
@@ -43,6 +45,58 @@ _LUA = """
 local f = io.open(os.getenv("BODY"), "rb"); local body = f:read("*a"); f:close()
 wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = os.getenv("TYPE")
 """
+
+
+#: The peer server: Seldon MLServer with its XGBoost runtime, in a venv of its own.
+_PEER = ("mlserver==1.7.*", "mlserver-xgboost==1.7.*")
+#: What both servers get of the same XGBoost bundle: (request body, connections).
+PEER_ROWS = (("v2-rows-1", 1), ("v2-rows-1", 16), ("v2-rows-1000", 4))
+
+
+def _peer_venv(out: Path) -> Path | None:
+    """MLServer's own virtual environment (made once under ``out``); ``None`` if it cannot be."""
+    venv = out / "mlserver-venv"
+    exe = venv / "bin" / "mlserver"
+    if not exe.exists():
+        print("installing the peer server (Seldon MLServer + its XGBoost runtime) ...", flush=True)
+        made = subprocess.run([sys.executable, "-m", "venv", str(venv)], check=False).returncode == 0
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *_PEER]
+        if not made or subprocess.run(pip, check=False, capture_output=True).returncode != 0:
+            print("could not install MLServer: the peer rows are left out", flush=True)
+            return None
+    return exe
+
+
+def _start_peer(exe: Path, booster: Path, folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """MLServer serving ``booster`` as model ``peer`` on ``port`` (REST only matters here)."""
+    (folder / "peer").mkdir(parents=True)
+    shutil.copy(booster, folder / "peer" / booster.name)
+    settings = {"name": "peer", "implementation": "mlserver_xgboost.XGBoostModel"}
+    settings["parameters"] = {"uri": f"./{booster.name}"}  # type: ignore[assignment]
+    (folder / "peer" / "model-settings.json").write_text(json.dumps(settings))
+    ports = {
+        "http_port": port,
+        "grpc_port": _free_port(),
+        "metrics_port": _free_port(),
+        "parallel_workers": 0,
+    }
+    (folder / "settings.json").write_text(json.dumps(ports))
+    return subprocess.Popen(
+        [str(exe), "start", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _wait_v2(url: str) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/v2/models/peer/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not start")
+        time.sleep(0.5)
 
 
 def _free_port() -> int:
@@ -90,6 +144,12 @@ def _wrk(url: str, body: Path, connections: int, seconds: int, script: Path) -> 
     }
 
 
+def _v2_rows(X: np.ndarray) -> dict[str, object]:
+    """An open-inference-protocol request of prepared rows (JSON tensor data)."""
+    tensor = {"name": "features", "datatype": "FP32", "shape": list(X.shape), "data": X.ravel().tolist()}
+    return {"inputs": [tensor]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8, help="seconds per row")
@@ -117,6 +177,9 @@ def main() -> None:
     pre = train(
         files, model, {"epochs": 1}, labels=[1, 0], preproc=recipe, out=work / "pre", client="threads"
     )
+    # the peer comparison: one XGBoost bundle, prepared rows over the open inference protocol
+    xgb = train(files, ROOT / "configs/models/xgboost_model.py", {"epochs": 1}, labels=[1, 0],
+                out=work / "xgb", client="threads")  # fmt: skip
     pre_columns = list(load_bundle(pre.path).plan.columns)
     pre_events = ak.to_list(uproot.open(files[0])["events"].arrays(pre_columns, entry_stop=1000))
     bodies = {
@@ -126,6 +189,7 @@ def main() -> None:
         "rows-1000": {"inputs": X.tolist()},
         "pre-raw-1": {"events": pre_events[:1]},
         "pre-raw-1000": {"events": pre_events},
+        **{f"v2-rows-{n}": _v2_rows(X[:n]) for n in (1, 1000)},
     }
     for name, body in bodies.items():
         (work / f"{name}.json").write_text(json.dumps(body))
@@ -140,7 +204,7 @@ def main() -> None:
     script = work / "post.lua"
     script.write_text(_LUA)
 
-    ours_port, onnx_port, floor_port = _free_port(), _free_port(), _free_port()
+    ours_port, onnx_port, floor_port, peer_port = _free_port(), _free_port(), _free_port(), _free_port()
     serve = [sys.executable, "-m", "mlaas4hep_dask.cli", "serve", "--repo", str(work / "repo")]
     serve += ["--workers", str(args.workers)]
     servers = [
@@ -149,6 +213,10 @@ def main() -> None:
         subprocess.Popen([*serve, "--port", str(onnx_port), "--runtime", "onnx"], stdout=subprocess.DEVNULL),
         subprocess.Popen([sys.executable, str(HERE / "_floor.py"), str(run.path), str(floor_port)]),
     ]
+    peer_exe = _peer_venv(args.out)
+    peer = f"http://127.0.0.1:{peer_port}"
+    if peer_exe is not None:
+        servers.append(_start_peer(peer_exe, xgb.path / "model.ubj", work / "peer", peer_port))
     ours, floor = f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{floor_port}"
     base = {"ours": ours, "onnx": f"http://127.0.0.1:{onnx_port}"}
     plan = [
@@ -157,19 +225,30 @@ def main() -> None:
         ("ours", "pre-raw-1", 1), ("ours", "pre-raw-1", 16), ("ours", "pre-raw-1000", 4),
         ("ours", "npz-raw-1000", 4), ("ours", "pre-npz-raw-1000", 4),
         ("onnx", "raw-1", 1), ("onnx", "raw-1", 16), ("onnx", "npz-raw-1000", 4),
+        *(("ours", body, n) for body, n in PEER_ROWS),
+        *(("peer", body, n) for body, n in PEER_ROWS if peer_exe),
         ("floor", "rows-1", 1), ("floor", "rows-1", 16), ("floor", "rows-1000", 4),
     ]  # fmt: skip
     rows = []
     try:
         for url in (*base.values(), floor):
             _wait(url)
-        for name, path in (("bench", run.path), ("bench-pre", pre.path)):
+        if peer_exe is not None:
+            _wait_v2(peer)
+        for name, path in (("bench", run.path), ("bench-pre", pre.path), ("bench-xgb", xgb.path)):
             httpx.post(
                 f"{ours}/upload", files={"file": ("run.tar.gz", pack(path))}, data={"name": name}, timeout=120
             ).raise_for_status()
         for server, body, connections in plan:
             name = "bench-pre" if body.startswith("pre-") else "bench"
-            url = f"{base[server]}/predict/{name}" if server in base else f"{floor}/predict"
+            if body.startswith("v2-"):  # the XGBoost bundle, over the open inference protocol
+                url = (
+                    f"{peer}/v2/models/peer/infer"
+                    if server == "peer"
+                    else f"{base[server]}/v2/models/bench-xgb/infer"
+                )
+            else:
+                url = f"{base[server]}/predict/{name}" if server in base else f"{floor}/predict"
             path = next(p for p in (work / f"{body}.{ext}" for ext in ("json", "npy", "npz")) if p.exists())
             _wrk(url, path, connections, 2, script)  # warm-up: the model is loaded on first use
             result = _wrk(url, path, connections, args.seconds, script)

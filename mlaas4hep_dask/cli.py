@@ -259,7 +259,7 @@ def _serve_app() -> Any:
 
     settings = json.loads(os.environ[_SERVE_SETTINGS])
     repository = Repository(settings.pop("repository"), runtime=settings.pop("runtime"))
-    return create_app(repository, **settings)
+    return create_app(repository, warm=True, **settings)
 
 
 def _is_loopback(host: str) -> bool:

@@ -243,6 +243,19 @@ def test_cli_push(server: str, runs: dict[str, Path], capsys: pytest.CaptureFixt
     assert "cannot reach the inference server" in capsys.readouterr().err
 
 
+def test_a_warm_server_has_loaded_and_used_the_latest_version_of_every_model(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    repo = Repository(tmp_path / "repo")
+    repo.add("a", pack(runs["sklearn"]))
+    repo.add("a", pack(runs["torch"]))
+    repo.add("b", pack(runs["xgboost"]))
+    (tmp_path / "repo" / "b" / "1" / "bundle.json").write_text("{broken")  # logged, not fatal
+    create_app(repo, warm=True)
+    assert repo.loaded == [("a", 2)]
+    assert create_app(Repository(tmp_path / "repo"), warm=False) is not None  # nothing loaded
+
+
 def test_a_models_objects_leave_the_garbage_collectors_view_after_its_first_batch(
     server: str, runs: dict[str, Path], data: list[Path]
 ) -> None:

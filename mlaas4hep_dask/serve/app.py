@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import logging
 import time
 import zipfile
 from collections.abc import Callable, Hashable, Sequence, Sized
@@ -58,6 +59,8 @@ from mlaas4hep_dask.serve._kserve import decode_infer, infer_answer, model_metad
 from mlaas4hep_dask.serve.repository import BundleError, ModelNotFoundError, Repository, manifest_of
 
 __all__ = ["create_app"]
+
+_log = logging.getLogger("mlaas4hep_dask.serve")
 
 MAX_BODY = 64 * 2**20
 
@@ -237,12 +240,15 @@ def create_app(
     max_batch_delay: float = 0.002,
     max_batch_size: int = 4096,
     max_queue: int = 65536,
+    warm: bool = False,
 ) -> FastAPI:
     """The service over ``repository``; bodies over ``max_body`` bytes are refused (413).
 
     Concurrent predictions for one model are scored in batches of up to ``max_batch_size``
     events, gathered for at most ``max_batch_delay`` seconds while requests are arriving; with
     more than ``max_queue`` events waiting for a model, requests get 503 and ``Retry-After``.
+    With ``warm``, the latest version of every model is loaded and scores a row now, so the
+    first requests do not pay for it (a bundle that fails is logged and left for later).
     """
     app = FastAPI(title="mlaas4hep-dask inference", version="1", docs_url=None, redoc_url=None)
     offline_docs(app)
@@ -257,6 +263,16 @@ def create_app(
             score = _score_events if kind == "events" else _score_rows
             known = scorers[key] = (bundle, _frozen_after_first(lambda requests: score(bundle, requests)))
         return known[1]
+
+    if warm:
+        latest = {info.name: info for info in repository.models()}  # by version: the last wins
+        for info in list(latest.values())[-repository.cache_size :]:
+            try:
+                _, bundle = repository.load(info.name, info.version)
+                row = np.zeros((1, bundle.layout.idim), np.float32)
+                scorer((info.name, info.version, "inputs"), bundle, "inputs")([row])
+            except Exception as err:  # the server serves the others; this one fails when asked for
+                _log.warning("model %s version %d not warmed: %s", info.name, info.version, err)
 
     app.add_middleware(_Measured, metrics=metrics, max_body=max_body)
     refuse_deep_json(app)

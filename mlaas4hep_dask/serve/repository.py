@@ -136,7 +136,7 @@ class Repository:
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, int], Bundle] = {}
         self._lookups: dict[tuple[str, int | None], tuple[tuple[int, int], ModelInfo]] = {}
-        self._cache_size = cache_size
+        self.cache_size = cache_size
         with self._db() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS models (name TEXT NOT NULL, version INTEGER NOT NULL, "
@@ -311,13 +311,19 @@ class Repository:
             staging.rename(local)
         return local
 
+    @property
+    def loaded(self) -> list[tuple[str, int]]:
+        """``(name, version)`` of the bundles loaded in this process (the cache's, oldest first)."""
+        with self._lock:
+            return list(self._cache)
+
     def load(self, name: str, version: int | None = None) -> tuple[ModelInfo, Bundle]:
         """The stored bundle, loaded once and kept in a small cache."""
         info = self.get(name, version)
         key = (info.name, info.version)
         with self._lock:
             if key not in self._cache:
-                if len(self._cache) >= self._cache_size:
+                if len(self._cache) >= self.cache_size:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = load_bundle(self._local_copy(info), self.runtime)
             return info, self._cache[key]
