@@ -86,30 +86,18 @@ def _start_peer(exe: Path, booster: Path, folder: Path, port: int) -> subprocess
     )
 
 
-def _wait_v2(url: str) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/v2/models/peer/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not start")
-        time.sleep(0.5)
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _wait(url: str) -> None:
-    deadline = time.monotonic() + 90
+def _wait(url: str, ready: str = "/healthz") -> None:
+    """Until ``url + ready`` answers 200 (two minutes at most)."""
+    deadline = time.monotonic() + 120
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{ready}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -234,7 +222,7 @@ def main() -> None:
         for url in (*base.values(), floor):
             _wait(url)
         if peer_exe is not None:
-            _wait_v2(peer)
+            _wait(peer, "/v2/models/peer/ready")
         for name, path in (("bench", run.path), ("bench-pre", pre.path), ("bench-xgb", xgb.path)):
             httpx.post(
                 f"{ours}/upload", files={"file": ("run.tar.gz", pack(path))}, data={"name": name}, timeout=120
