@@ -71,8 +71,11 @@ def _start_peer(exe: Path, booster: Path, folder: Path, port: int) -> subprocess
     """MLServer serving ``booster`` as model ``peer`` on ``port`` (REST only matters here)."""
     (folder / "peer").mkdir(parents=True)
     shutil.copy(booster, folder / "peer" / booster.name)
-    settings = {"name": "peer", "implementation": "mlserver_xgboost.XGBoostModel"}
-    settings["parameters"] = {"uri": f"./{booster.name}"}  # type: ignore[assignment]
+    settings = {
+        "name": "peer",
+        "implementation": "mlserver_xgboost.XGBoostModel",
+        "parameters": {"uri": f"./{booster.name}"},
+    }
     (folder / "peer" / "model-settings.json").write_text(json.dumps(settings))
     ports = {
         "http_port": port,

@@ -20,7 +20,14 @@ import numpy as np
 from mlaas4hep_dask.bundle import Bundle
 from mlaas4hep_dask.errors import ConfigError
 
-__all__ = ["EventError", "ignored_branches", "prepare_columns", "prepare_events", "prepare_inputs"]
+__all__ = [
+    "EventError",
+    "check_events",
+    "ignored_branches",
+    "prepare_columns",
+    "prepare_events",
+    "prepare_inputs",
+]
 
 
 class EventError(ConfigError):
@@ -72,13 +79,20 @@ def _plain_columns(
     return flat, lists
 
 
-def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+def check_events(events: Any) -> None:
+    """Raise :class:`EventError` unless ``events`` is a non-empty list of objects (naming the first
+    element that is not one)."""
     if not isinstance(events, list) or not events:
         raise EventError("'events' must be a non-empty list of objects")
-    columns: dict[str, list[Any]] = {name: [] for name in inputs}
     for i, event in enumerate(events):
         if not isinstance(event, dict):
-            raise EventError(f"events[{i}] must be an object of branch values")
+            raise EventError(f"events[{i}] must be an object of branch values, not {type(event).__name__}")
+
+
+def _columns(events: Sequence[Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    check_events(events)
+    columns: dict[str, list[Any]] = {name: [] for name in inputs}
+    for i, event in enumerate(events):
         missing = [n for n in inputs if n not in event]
         if missing:
             raise EventError(f"events[{i}]: missing branch {missing[0]!r} (the model reads {sorted(inputs)})")

@@ -50,6 +50,7 @@ from mlaas4hep_dask.errors import MLaaSError
 from mlaas4hep_dask.serve._batcher import Batcher, Overloaded
 from mlaas4hep_dask.serve._events import (
     EventError,
+    check_events,
     ignored_branches,
     prepare_columns,
     prepare_events,
@@ -370,13 +371,7 @@ def create_app(
                 ignored = sorted(set(payload) - reads)
                 X, positions, n = prepare_columns(bundle, payload)
             elif kind == "events":
-                if not isinstance(payload, list) or not payload:
-                    raise EventError("'events' must be a non-empty list of objects")
-                if not all(isinstance(e, dict) for e in payload):
-                    i = next(i for i, e in enumerate(payload) if not isinstance(e, dict))
-                    raise EventError(
-                        f"events[{i}] must be an object of branch values, not {type(payload[i]).__name__}"
-                    )
+                check_events(payload)
                 ignored = ignored_branches(bundle, payload)
             else:
                 payload = prepare_inputs(bundle, payload)
