@@ -6,10 +6,13 @@ The same events are read into memory once per partitioning (2 files in partition
 and of 20 000 entries, 8 files in partitions of 50 000 and of 10 000), then each step after
 reading is timed on its own, in this process, as the loader runs it:
 
-* ``tensorize``: a partition's awkward array to padded, normalized float32 rows (on a worker);
-* ``send`` / ``receive``: the tensorized partition serialized and deserialized the way Dask
+* ``pack``: a partition's awkward array to normalized values, not yet padded (on a worker);
+* ``send`` / ``receive``: the packed partition serialized and deserialized the way Dask
   moves it between processes (``distributed.protocol``);
-* ``shuffle``: the pieces of every chunk put together in a shuffled order (on the trainer).
+* ``unpack``: the pieces of every chunk unpacked into padded float32 rows (on the trainer);
+* ``batches``: each batch's rows taken in the chunk's shuffled order (on the trainer).
+
+Also the bytes sent per event, and those of the padded rows they become.
 
 No step should grow with the number of files or partitions: each works on every event once.
 Writes ``loader-costs.json`` into ``--out``.
@@ -50,39 +53,48 @@ def _case(files: list[str], step: int, per_class: int) -> dict[str, float]:
     from mlaas4hep_dask.cluster import compute
     from mlaas4hep_dask.preprocess import make_plan
     from mlaas4hep_dask.stream import plan_chunks
-    from mlaas4hep_dask.tensorize import Block, Layout, Tensorize
+    from mlaas4hep_dask.tensorize import Chunk, Layout, Packed, Tensorize
 
     params = m.load_params({"chunk_size": step, "split": 0.0, "batch_size": 1024})
     dataset = m.open_dataset(files, params)
     plan = make_plan(None, dataset.available, dataset.branches, [])
     dataset = dataset.with_step(step, plan.columns)
     specs = m.compute_specs(dataset, params, client="sync")
-    tensorize = Tensorize(plan, Layout.from_specs(specs, params), params, "train", [1.0, 0.0] * per_class)
+    layout = Layout.from_specs(specs, params)
+    tensorize = Tensorize(plan, layout, params, "train", [1.0, 0.0] * per_class)
     parts = compute(dataset.delayed_partitions(plan.columns), "sync")
     where = dataset.partitions
     n = sum(len(p) for p in parts)
 
-    def run_tensorize() -> list[Any]:
+    def run_pack() -> list[Any]:
         return [tensorize(p, f, a) for p, (f, a, _) in zip(parts, where, strict=True)]
 
-    blocks = run_tensorize()
+    blocks = run_pack()
     wire = [serialize_bytelist(b) for b in blocks]
     costs = {
-        "tensorize": _best(run_tensorize),
+        "pack": _best(run_pack),
         "send": _best(lambda: [serialize_bytelist(b) for b in blocks]),
         "receive": _best(lambda: [deserialize_bytes(b"".join(w)) for w in wire]),
     }
-    ready = [Block(*b) for b in blocks]
+    ready = [Packed(*b) for b in blocks]
     chunks = plan_chunks([len(b) for b in ready], [f for f, _, _ in where], 100_000)
     rng = np.random.default_rng(0)
 
-    def shuffle() -> None:
-        for chunk in chunks:
-            pieces = [ready[p.partition].take(slice(p.lo, p.hi)) for p in chunk]
-            Block.concatenate(pieces, rng.permutation(sum(map(len, pieces))))
+    def unpack() -> list[Chunk]:
+        return [Chunk.assemble(layout, [(ready[p.partition], p.lo, p.hi) for p in c], rng) for c in chunks]
 
-    costs["shuffle"] = _best(shuffle)
+    assembled = unpack()
+
+    def batches() -> None:
+        for chunk in assembled:
+            for a in range(0, len(chunk), 1024):
+                chunk.rows(a, a + 1024)
+
+    costs["unpack"] = _best(unpack)
+    costs["batches"] = _best(batches)
+    sent = sum(sum(len(f) for f in w) for w in wire)
     row: dict[str, float] = {"files": len(files), "partitions": len(parts), "events": n}
+    row |= {"bytes_sent_per_event": sent / n, "bytes_per_row": 4 * layout.idim}
     return row | {k: 1e3 * v * 100_000 / n for k, v in costs.items()}
 
 
@@ -97,11 +109,12 @@ def main() -> None:
         files = [str(f) for f in ensure_data(args.out / f"data-costs-{per_class}", args.events, per_class)]
         row = _case(files, step, per_class)
         rows.append(row)
-        costs = ("tensorize", "send", "receive", "shuffle")
+        costs = ("pack", "send", "receive", "unpack", "batches")
         print(
             f"{row['files']} files, {row['partitions']:>3} partitions: "
             + ", ".join(f"{k} {row[k]:.1f} ms" for k in costs)
-            + " per 100 000 events",
+            + f" per 100 000 events; {row['bytes_sent_per_event']:.0f} bytes sent per event"
+            + f" for rows of {row['bytes_per_row']:.0f}",
             flush=True,
         )
     out = args.out / "loader-costs.json"

@@ -65,17 +65,38 @@ def read_partition(file: Any, params: Any, columns: Sequence[str], start: int, s
     """
     tree = _tree(file, params)
     try:
-        return tree.arrays(
-            list(columns),  # full paths of branches, taken as names (as uproot.dask does)
+        return _read(tree, columns, start, stop)
+    except (OSError, TimeoutError) as err:  # the server went away, the disk failed
+        raise _unreadable(file, start, stop, err) from None
+    except Exception as err:  # uproot's DeserializationError, zlib.error, ValueError...
+        raise _damaged(tree, file, columns, start, stop, err) from None
+
+
+def _read(tree: Any, columns: Sequence[str], start: int, stop: int) -> Any:
+    """Plain numeric branches basket by basket (:mod:`._baskets`), the others through uproot."""
+    import awkward as ak
+
+    from ._baskets import plain_branch, read_plain
+
+    branches = [tree[name] for name in columns]  # full paths of branches, taken as names
+    plain = [(name, b) for name, b in zip(columns, branches, strict=True) if plain_branch(b, start, stop)]
+    read = read_plain(tree.file.source, [b for _, b in plain], start, stop) if plain else []
+    layouts = {name: layout for (name, _), layout in zip(plain, read, strict=True) if layout is not None}
+    rest = [name for name in columns if name not in layouts]
+    if rest:
+        arrays = tree.arrays(
+            rest,
             entry_start=start,
             entry_stop=stop,
             library="ak",
             array_cache=None,  # uproot's default keeps 100 MB of arrays per open file: ours stream
         )
-    except (OSError, TimeoutError) as err:  # the server went away, the disk failed
-        raise _unreadable(file, start, stop, err) from None
-    except Exception as err:  # uproot's DeserializationError, zlib.error, ValueError...
-        raise _damaged(tree, file, columns, start, stop, err) from None
+        if not layouts:
+            return arrays
+        layouts.update((name, arrays[name].layout) for name in rest)
+    return ak.Array(
+        ak.contents.RecordArray([layouts[name] for name in columns], list(columns), length=stop - start)
+    )
 
 
 def _unreadable(file: Any, start: int, stop: int, err: BaseException) -> Exception:

@@ -50,7 +50,7 @@ from .errors import ConfigError, SpecsError
 from .io import Dataset, open_dataset
 from .preprocess import Plan, Preproc, load_preproc, make_plan
 from .specs import Specs
-from .tensorize import Block, Layout, Tensorize, split_codes
+from .tensorize import Block, Chunk, Layout, Packed, Tensorize, split_codes
 
 __all__ = ["BatchLoader", "Piece", "Shard", "deal", "plan_chunks"]
 
@@ -233,6 +233,17 @@ def _ahead(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
             yield value
     finally:
         stop.set()
+
+
+def _shuffled(chunks: Iterator[Chunk]) -> Iterator[Block]:
+    """Each chunk's rows in the order of use; stopping early stops ``chunks`` (and its thread)."""
+    try:
+        for chunk in chunks:
+            yield chunk.rows(0, len(chunk))
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def _partition_step(chunk_size: int, nfiles: int) -> int:
@@ -558,10 +569,13 @@ class BatchLoader:
         Rows are shuffled within each chunk when ``shuffle`` (default: ``params.shuffle``);
         unshuffled passes give the same rows in the same order every time (evaluation,
         XGBoost's two passes over its data).  The call starts the epoch (``epoch`` counts it);
-        a thread gathers and shuffles the next chunk while the caller works on this one.  With
+        a thread gathers and unpacks the next chunk while the caller works on this one.  With
         ``ahead`` (the train split, up to ``params.epochs``), the workers start on the next
         epoch's first chunks while this one's last are used.
         """
+        return _shuffled(self._epoch(shuffle, ahead))
+
+    def _epoch(self, shuffle: bool | None = None, ahead: bool = True) -> Iterator[Chunk]:
         shuffle = self.params.shuffle if shuffle is None else shuffle
         seed = [self.params.seed, self.epoch] + ([self.shard.rank] if self.shard else [])
         self.epoch += 1
@@ -569,14 +583,14 @@ class BatchLoader:
         more = ahead and self.split == "train" and self.epoch < self.params.epochs
         return _ahead(self._chunks(np.random.default_rng(seed), shuffle, more))
 
-    def _chunks(self, rng: np.random.Generator, shuffle: bool, more: bool) -> Iterator[Block]:
+    def _chunks(self, rng: np.random.Generator, shuffle: bool, more: bool) -> Iterator[Chunk]:
         chunks = self.chunks()
         last_use: dict[int, int] = {}
         for k, chunk in enumerate(chunks):
             for piece in chunk:
                 last_use[piece.partition] = k
         pending, self._next = self._next, {}
-        ready: dict[int, Block] = {}
+        ready: dict[int, Packed] = {}
         depth = self.params.prefetch
         for k, chunk in enumerate(chunks):
             window = chunks[k : k + depth + 1]
@@ -586,16 +600,15 @@ class BatchLoader:
                     p = piece.partition
                     if p not in into and (into is self._next or p not in ready):
                         into[p] = self._executor.submit(self._task(p))
-            blocks = []
+            pieces = []
             for piece in chunk:
                 p = piece.partition
                 if p not in ready:
-                    ready[p] = Block(*self._executor.result(pending.pop(p)))
-                blocks.append(ready[p].take(slice(piece.lo, piece.hi)))
+                    ready[p] = Packed(*self._executor.result(pending.pop(p)))
+                pieces.append((ready[p], piece.lo, piece.hi))
                 if last_use[p] == k:
                     del ready[p]
-            order = rng.permutation(sum(map(len, blocks))) if shuffle else None
-            yield Block.concatenate(blocks, order)
+            yield Chunk.assemble(self.layout, pieces, rng if shuffle else None)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
         steps = None if self.shard is None else self.shard.steps
@@ -603,11 +616,11 @@ class BatchLoader:
         size = next(sizes, 0)
         parts: list[Block] = []  # the start of a batch that continues in the next chunk
         have = 0
-        for chunk in self.iter_chunks():
+        for chunk in self._epoch():
             start = 0
             while start < len(chunk) and size:
                 take = min(size - have, len(chunk) - start)
-                parts.append(chunk.take(slice(start, start + take)))
+                parts.append(chunk.rows(start, start + take))
                 have += take
                 start += take
                 if have == size:
