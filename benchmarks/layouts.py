@@ -13,7 +13,9 @@ has 520 branches), the same kind of events in each:
   clusters, of which 30 are selected (``selected_branches``).
 
 Measured in fresh processes, in one run, on one worker (the targets are per worker): the
-specs pass and the loader's epochs (a no-op consumer, ``split`` 0) against
+specs pass and the loader's epochs (a no-op consumer, ``split`` 0) through a LocalCluster of
+one worker, and the loader as a trainer on a worker runs it (``trainer``: reading its share in
+its own threads, no transfer between processes), against
 ``uproot.iterate`` over the same branches with uproot's default ``zlib``: ``PASSES`` passes
 of each, the fastest after the first counted (the steady state; runs on the 2-core machine
 vary by 30 % from one to the next).  The ratios are events/s over the baseline's; peak RSS
@@ -111,6 +113,12 @@ def step(kind: str, files: list[str], extra: str) -> None:
 
         print(json.dumps({**timed_passes(PASSES, one_pass), "branches": len(branches)}))
         return
+    loader_params = {**params, "batch_size": 1024, "split": 0.0, "prefetch": 2}
+    if kind == "trainer":  # the loader of a trainer on a worker, reading its share in its own threads
+        loader = m.BatchLoader(files, extra, loader_params, labels=[1, 0], client="threads")
+        result = timed_passes(PASSES, lambda: sum(len(X) for X, _ in loader))
+        print(json.dumps(result))
+        return
     from distributed import Client
 
     from mlaas4hep_dask.cluster import local_cluster
@@ -120,7 +128,6 @@ def step(kind: str, files: list[str], extra: str) -> None:
         if kind == "specs":
             result = timed_passes(PASSES, lambda: m.compute_specs(files, params, client=client).nevents)
         else:
-            loader_params = {**params, "batch_size": 1024, "split": 0.0, "prefetch": 2}
             loader = m.BatchLoader(files, extra, loader_params, labels=[1, 0], client=client)
             result = timed_passes(PASSES, lambda: sum(len(X) for X, _ in loader))
             result["partitions"] = len(loader.dataset.partitions)
@@ -151,7 +158,7 @@ def main() -> None:
         m.compute_specs(files, params, client="threads").save(specs_path)
         base = run_measured([me, "--step", "baseline", "-", *files])
         rate = base["events"] / base["best_seconds"]
-        for kind in ("specs", "loader"):
+        for kind in ("specs", "loader", "trainer"):
             res = run_measured([me, "--step", kind, str(specs_path), *files])
             ours = res["events"] / res["best_seconds"]
             row = {"layout": layout, "what": kind, **res, "events_per_s": ours, "ratio": ours / rate}

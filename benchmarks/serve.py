@@ -13,7 +13,8 @@ booster: the ``v2-rows`` rows send both servers the same open-inference-protocol
 The load comes from ``wrk`` (Debian's ``wrk``: a native load generator, so the client is
 not the bottleneck; ``make bench`` installs it where it can),
 each row for ``--seconds``: single raw events with 1 and 16 connections, 1000-event
-requests (raw events as JSON objects and as an ``.npz`` of branches, prepared rows as JSON
+requests (raw events as JSON objects, as an ``.npz`` of branches and as an Arrow IPC stream
+written by ``ak.to_arrow_table``, prepared rows as JSON
 and as a ``.npy`` body) with 4 connections; the floor's JSON rows alike.  Every row reports
 requests/s, events/s, p50 and p99, and the share of answers that were not 200.
 Writes ``serve-benchmark.json`` into ``--out``.
@@ -35,12 +36,18 @@ from pathlib import Path
 import awkward as ak
 import httpx
 import numpy as np
+import pyarrow as pa
 import uproot
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
-WIDTHS = (7, 17, 6, 12, 12, 8, 8, 8)
-_TYPES = {".json": "application/json", ".npy": "application/x-npy", ".npz": "application/x-npz"}
+WIDTHS = (7, 19, 6, 12, 12, 8, 8, 8)
+_TYPES = {
+    ".json": "application/json",
+    ".npy": "application/x-npy",
+    ".npz": "application/x-npz",
+    ".arrow": "application/vnd.apache.arrow.stream",
+}
 _LUA = """
 local f = io.open(os.getenv("BODY"), "rb"); local body = f:read("*a"); f:close()
 wrk.method = "POST"; wrk.body = body; wrk.headers["Content-Type"] = os.getenv("TYPE")
@@ -192,6 +199,11 @@ def main() -> None:
         jagged = {k: ak.to_numpy(ak.flatten(arrays[k])) for k in arrays.fields if arrays[k].ndim == 2}
         counts = {f"{k}.counts": ak.to_numpy(ak.num(arrays[k])) for k in jagged}
         np.savez(work / f"{name}.npz", **flat, **jagged, **counts)
+        with pa.ipc.new_stream(
+            work / f"{name.replace('npz', 'arrow')}.arrow",
+            (t := ak.to_arrow_table(arrays, extensionarray=False)).schema,
+        ) as out:
+            out.write_table(t)
     script = work / "post.lua"
     script.write_text(_LUA)
 
@@ -215,7 +227,9 @@ def main() -> None:
         ("ours", "rows-1000", 4), ("ours", "npy-1000", 4),
         ("ours", "pre-raw-1", 1), ("ours", "pre-raw-1", 16), ("ours", "pre-raw-1000", 4),
         ("ours", "npz-raw-1000", 4), ("ours", "pre-npz-raw-1000", 4),
+        ("ours", "arrow-raw-1000", 4), ("ours", "pre-arrow-raw-1000", 4),
         ("onnx", "raw-1", 1), ("onnx", "raw-1", 16), ("onnx", "npz-raw-1000", 4),
+        ("onnx", "arrow-raw-1000", 4),
         *(("ours", body, n) for body, n in PEER_ROWS),
         *(("peer", body, n) for body, n in PEER_ROWS if peer_exe),
         ("floor", "rows-1", 1), ("floor", "rows-1", 16), ("floor", "rows-1000", 4),
@@ -240,7 +254,9 @@ def main() -> None:
                 )
             else:
                 url = f"{base[server]}/predict/{name}" if server in base else f"{floor}/predict"
-            path = next(p for p in (work / f"{body}.{ext}" for ext in ("json", "npy", "npz")) if p.exists())
+            path = next(
+                p for p in (work / f"{body}.{ext}" for ext in ("json", "npy", "npz", "arrow")) if p.exists()
+            )
             _wrk(url, path, connections, 2, script)  # warm-up: the model is loaded on first use
             result = _wrk(url, path, connections, args.seconds, script)
             size = 1000 if body.endswith("1000") else 1
@@ -262,7 +278,7 @@ def main() -> None:
     )
     for r in rows:
         print(
-            f"{r['server']:<7}{r['request']:<17}{r['connections']:>6}{r['requests_per_s']:>12,.0f}"
+            f"{r['server']:<7}{r['request']:<19}{r['connections']:>6}{r['requests_per_s']:>12,.0f}"
             f"{r['events_per_s']:>12,.0f}{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{r['errors']:>8.1%}"
         )
     args.out.mkdir(exist_ok=True)

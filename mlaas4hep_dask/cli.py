@@ -295,6 +295,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
         trusted_proxies=args.trusted_proxy, data_roots=args.data_root, insecure_dev=args.insecure_dev,
         repository=args.repository, max_jobs_per_user=args.max_jobs_per_user,
         max_running=args.max_running, job_timeout=args.job_timeout, unsandboxed_jobs=args.unsandboxed_jobs,
+        sandbox=args.sandbox, sandbox_image=args.sandbox_image,
     )  # fmt: skip
     if (args.scheduler or args.global_cluster) in ("threads", "processes", "sync", "synchronous"):
         raise ConfigError(
@@ -312,9 +313,9 @@ def _cmd_service(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if not config.unsandboxed_jobs:
-        from .service.sandbox import unavailable
+        from .service.sandbox import sandbox_of
 
-        if (why := unavailable()) is not None:
+        if (why := sandbox_of(config.sandbox, config.sandbox_image).unavailable()) is not None:
             raise ConfigError(
                 f"jobs cannot be sandboxed here: {why}; a job's model.py would run with the service's "
                 "powers: fix that, or accept it with --unsandboxed-jobs"
@@ -567,7 +568,18 @@ def _parser() -> argparse.ArgumentParser:
     svc.add_argument(
         "--unsandboxed-jobs",
         action="store_true",
-        help="run jobs without the bubblewrap sandbox (their model.py gets the workers' powers)",
+        help="run jobs without a sandbox (their model.py gets the workers' powers)",
+    )
+    svc.add_argument(
+        "--sandbox",
+        choices=["bubblewrap", "podman", "apptainer"],
+        default="bubblewrap",
+        help="what jobs run in on the workers (default: bubblewrap)",
+    )
+    svc.add_argument(
+        "--sandbox-image",
+        metavar="IMAGE",
+        help="podman: an image or root folder (default: the workers' system, read-only); apptainer: a SIF",
     )
     svc.add_argument("--issuer", help="OIDC issuer URL (or $MLAAS4HEP_OIDC_ISSUER)")
     svc.add_argument("--audience", help="token audience (or $MLAAS4HEP_OIDC_AUDIENCE)")

@@ -138,9 +138,7 @@ class Layout:
         """:meth:`transform` of plain arrays: each flat branch's values, each jagged branch's
         ``(starts, stops, content)``; the same compiled kernels, the same rows."""
         packed = self.pack(n, flat_values, lists)
-        out = np.empty((len(packed), self.idim), dtype=np.float32)
-        self.unpack(packed, out, 0)
-        return out, packed.keep
+        return self.unpacked(packed), packed.keep
 
     def pack(
         self,
@@ -198,6 +196,12 @@ class Layout:
         spare = len(values) - len(owner)
         values = np.concatenate([values[: len(owner)][keep[owner]], values[len(values) - spare :]])
         return Packed(flat[keep], packed.lengths[keep], values, None, None, keep)
+
+    def unpacked(self, packed: Packed) -> np.ndarray:
+        """All rows of X of ``packed``, in order."""
+        out = np.empty((len(packed), self.idim), dtype=np.float32)
+        self.unpack(packed, out, 0)
+        return out
 
     def unpack(self, packed: Packed, out: np.ndarray, lo: int) -> None:
         """Write rows of X to ``out``: row ``k`` from packed event ``lo + k``."""

@@ -332,6 +332,48 @@ def test_raw_events_as_npz_columns_score_as_the_json_events(
     assert "not a NumPy .npy array or .npz archive" in garbage.json()["error"]
 
 
+def _arrow(table: object) -> bytes:
+    import pyarrow as pa
+
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:  # type: ignore[attr-defined]
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+@pytest.mark.slow
+def test_raw_events_as_an_arrow_stream_score_as_the_json_events(
+    server: str, runs: dict[str, Path], data: list[Path]
+) -> None:
+    import pyarrow as pa
+
+    assert _upload(server, runs["torch"], "arrow").status_code == 201
+    bundle = load_bundle(runs["torch"])
+    by_json = httpx.post(f"{server}/predict/arrow", json={"events": _raw_events(data[1], bundle, 300)}).json()
+    arrays = uproot.open(data[1])["events"].arrays(list(bundle.plan.columns), entry_stop=300)
+    arrow = {"content-type": "application/vnd.apache.arrow.stream"}
+    # as a physicist sends them: awkward's table of the branches uproot read (extension types and all)
+    by_arrow = httpx.post(f"{server}/predict/arrow", content=_arrow(ak.to_arrow_table(arrays)), headers=arrow)
+    assert by_arrow.status_code == 200, by_arrow.text
+    assert by_arrow.json()["scores"] == by_json["scores"]
+    plain = ak.to_arrow_table(arrays, extensionarray=False)  # and a plain Arrow table, sliced
+    sliced = httpx.post(f"{server}/predict/arrow", content=_arrow(plain.slice(100, 50)), headers=arrow)
+    assert sliced.json()["scores"] == by_json["scores"][100:150]
+    jagged = next(name for name in arrays.fields if arrays[name].ndim == 2)
+    holes = plain.set_column(
+        plain.column_names.index(jagged), jagged, pa.array([None, *plain.column(jagged).to_pylist()[1:]])
+    )
+    cases = [
+        (b"ARROW1 not a stream", "the body is not an Arrow IPC stream"),
+        (_arrow(holes), f"branch {jagged!r} holds missing values (nulls)"),
+        (_arrow(pa.table({jagged: pa.array(["a"] * 3)})), f"branch {jagged!r} is string: give numbers"),
+    ]
+    for body, message in cases:
+        response = httpx.post(f"{server}/predict/arrow", content=body, headers=arrow)
+        assert response.status_code == 422, (message, response.text)
+        assert message in response.json()["error"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["parquet", "root"])
 def test_batch_predict_writes_scores_per_partition(

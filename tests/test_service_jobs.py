@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from mlaas4hep_dask.serve import Repository
-from mlaas4hep_dask.service.sandbox import unavailable
+from mlaas4hep_dask.service.sandbox import sandbox_of
 
 from ._oidc import AUDIENCE, Issuer, oidc_issuer
 from ._service import Caller, ServiceProcess, tarball, worker_pid_running
@@ -41,7 +41,7 @@ def issuer() -> Iterator[Issuer]:
 
 
 #: Why jobs cannot be sandboxed on this machine (bubblewrap missing, no namespaces, not root).
-NO_SANDBOX = unavailable()
+NO_SANDBOX = sandbox_of().unavailable()
 
 
 @pytest.fixture(scope="module")

@@ -258,10 +258,10 @@ def test_a_full_disk_under_out_leaves_no_run_that_looks_complete(data: list[Path
     import subprocess
     import sys
 
-    from mlaas4hep_dask.service.sandbox import unavailable
+    from mlaas4hep_dask.service.sandbox import sandbox_of
 
     bwrap = shutil.which("bwrap")
-    if bwrap is None or (why := unavailable()) is not None:
+    if bwrap is None or (why := sandbox_of().unavailable()) is not None:
         pytest.skip(
             f"a small filesystem to fill needs bubblewrap's mount namespaces: {why if bwrap else 'no bwrap'}"
         )

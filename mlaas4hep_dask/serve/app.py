@@ -8,8 +8,9 @@ Routes (OpenAPI page at ``/docs``):
   bundle as in training) or ``{"inputs": [[...], ...]}`` (prepared rows), or a NumPy ``.npy``
   body (``Content-Type: application/x-npy``) of rows, or an ``.npz`` body
   (``application/x-npz``) of raw events branch by branch (a jagged branch ``NAME`` as its
-  items and ``NAME.counts``); answers ``{"scores": [...]}`` in input order (``null`` for
-  events the bundle's cuts reject)
+  items and ``NAME.counts``), or an Arrow IPC stream of them
+  (``application/vnd.apache.arrow.stream``, e.g. ``ak.to_arrow_table``); answers
+  ``{"scores": [...]}`` in input order (``null`` for events the bundle's cuts reject)
 - ``/v2/...``: the open inference protocol (KServe v2), see :mod:`mlaas4hep_dask.serve._kserve`
 - ``POST /json`` (TFaaS): ``{"keys": [...], "values": [[...]], "model": "name"}`` → list of scores
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text)
@@ -49,7 +50,9 @@ from mlaas4hep_dask.bundle import Bundle
 from mlaas4hep_dask.errors import MLaaSError
 from mlaas4hep_dask.serve._batcher import Batcher, Overloaded
 from mlaas4hep_dask.serve._events import (
+    ARROW_STREAM,
     EventError,
+    arrow_columns,
     check_events,
     ignored_branches,
     prepare_columns,
@@ -168,7 +171,7 @@ _PREDICT_BODY = _body_doc(
         "raw events": {"events": [{"nJets": 5, "MET": 65.9, "HT": 429.2, "jetPt": [120.1, 80.4, 60.0]}]},
         "prepared rows": {"inputs": [[0.25, 0.5, 0.0, 1.0]]},
     },
-    binary=("application/x-npy", "application/x-npz"),
+    binary=("application/x-npy", "application/x-npz", ARROW_STREAM),
 )
 _TFAAS_BODY = _body_doc(
     {
@@ -332,6 +335,8 @@ def create_app(
         if len(raw) > max_body:
             raise EventError(f"request body over the limit of {max_body} bytes")
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        if kind == ARROW_STREAM:  # raw events, branch by branch
+            return "columns", arrow_columns(raw)
         if kind in ("application/x-npy", "application/x-npz", "application/octet-stream"):
             try:
                 loaded = np.load(io.BytesIO(raw), allow_pickle=False)

@@ -163,7 +163,10 @@ def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[
         credentials = _credentials(folder, spec)  # the user's own, for this job only
         limits = None
         if spec.get("sandbox"):
-            if (why := sandbox.unavailable()) is not None:
+            # jobs stored before the sandbox was pluggable say only True: bubblewrap
+            chosen = spec["sandbox"] if isinstance(spec["sandbox"], dict) else {}
+            box = sandbox.sandbox_of(**chosen)
+            if (why := box.unavailable()) is not None:
                 return {"state": "failed", "error": f"worker {worker.address} cannot sandbox jobs: {why}"}
             uid, limits = sandbox.job_uid(job_id), sandbox.Limits.of(spec["resources"], spec["timeout"])
             # a cluster of its own, inside the sandbox: the shared scheduler runs code as the workers' user
@@ -173,9 +176,9 @@ def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[
                 args += ["--memory-limit", str(spec["resources"]["memory"])]
             _hand_over(folder, uid)
             reads = [Path(r) for r in spec.get("reads", [])]
-            cmd = sandbox.sandboxed(args, folder, reads, uid, limits, gpu=bool(spec["resources"].get("gpu")))
+            cmd = box.command(args, folder, reads, uid, limits, gpu=bool(spec["resources"].get("gpu")))
             env = sandbox.environment(env, folder) | credentials
-            where = f"in its sandbox, {workers} workers of its own"
+            where = f"in its {box.name} sandbox, {workers} workers of its own"
         else:
             args += ["--scheduler", worker.scheduler.address]
             env["DASK_MLAAS4HEP__CLUSTER__DIRECT_TO_WORKERS"] = "true"  # a worker reaches the other workers

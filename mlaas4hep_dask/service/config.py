@@ -55,6 +55,10 @@ class ServiceConfig:
     unsandboxed_jobs
         Run jobs without the sandbox (see :mod:`mlaas4hep_dask.service.sandbox`): the operator
         accepts that a job's model.py runs with the worker's powers.
+    sandbox, sandbox_image
+        Which sandbox jobs run in (``bubblewrap``, ``podman`` or ``apptainer``) and its image
+        (podman: an image or a root folder, default the workers' own system read-only;
+        apptainer: a SIF file or folder, required).
     data_roots
         Local folders a job may read input files from (besides remote URLs and its upload).
     repository
@@ -81,6 +85,8 @@ class ServiceConfig:
     proxy_scopes: tuple[str, ...] = ("mlaas.submit", "mlaas.read")
     insecure_dev: bool = False
     unsandboxed_jobs: bool = False
+    sandbox: str = "bubblewrap"
+    sandbox_image: str | None = None
     data_roots: tuple[Path, ...] = ()
     repository: str | None = None
     max_jobs_per_user: int = 2

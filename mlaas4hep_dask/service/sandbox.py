@@ -24,7 +24,13 @@ its child process is started through Debian's ``bubblewrap`` (``bwrap``) as:
   scheduler must require TLS client certificates (``--scheduler local`` makes temporary ones
   that never touch the disk), so that a job that finds its port cannot connect to it.
 
-Where ``bwrap`` cannot run (not installed, no namespaces, the worker not root), the service
+The sandbox is pluggable (``mlaas4hep service --sandbox NAME``, see :data:`SANDBOXES`):
+``bubblewrap`` (the default, from the package registries), ``podman`` (a rootful container
+with the same view of the disk, from an empty root or a site's image) and ``apptainer`` (what
+HEP sites run payloads in, with a site's image).  Each builds the same child command: the
+limits and the switch to the job's user happen inside, whatever the container.
+
+Where the sandbox cannot run (not installed, no namespaces, the worker not root), the service
 refuses to run jobs unless started with ``--unsandboxed-jobs``.
 """
 
@@ -39,11 +45,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["JOB_UIDS", "Limits", "sandboxed", "unavailable"]
+__all__ = ["JOB_UIDS", "SANDBOXES", "Apptainer", "Bubblewrap", "Limits", "Podman", "Sandbox", "sandbox_of"]
 
 #: The uids jobs run as: one per job, picked from this range by the job's id.
 JOB_UIDS = range(200_000, 265_000)
@@ -98,25 +105,6 @@ class Limits:
         return words[kind]
 
 
-@functools.cache
-def unavailable() -> str | None:
-    """Why jobs cannot be sandboxed on this machine, or ``None`` when they can."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return "bubblewrap (bwrap) is not installed (Debian: apt-get install bubblewrap)"
-    if os.geteuid() != 0:
-        return "the Dask worker does not run as root, so it cannot switch a job to a user of its own"
-    probe = subprocess.run(
-        [bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "true"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        return f"bwrap cannot create a sandbox here: {probe.stderr.strip() or probe.returncode}"
-    return None
-
-
 def job_uid(job_id: str) -> int:
     """The uid job ``job_id`` runs as."""
     digest = int(hashlib.sha256(job_id.encode()).hexdigest(), 16)
@@ -145,58 +133,236 @@ def environment(base: Mapping[str, str], folder: Path) -> dict[str, str]:
     return env
 
 
-def sandboxed(
-    args: Sequence[str], folder: Path, reads: Sequence[Path], uid: int, limits: Limits, gpu: bool = False
-) -> list[str]:
-    """The command that runs ``python -m mlaas4hep_dask.service._child ARGS`` in the sandbox.
+def _child(args: Sequence[str], uid: int, limits: Limits) -> list[str]:
+    """The job's process: it sets its limits and drops to ``uid`` before anything else."""
+    child = [sys.executable, "-m", "mlaas4hep_dask.service._child"]
+    return [*child, "--as", str(uid), "--limits", json.dumps(dataclasses.asdict(limits)), *args]
+
+
+def _visible(folder: Path, reads: Sequence[Path]) -> list[tuple[str, bool]]:
+    """What a job sees besides the system: ``(path, writable)``, the job folder last."""
+    return [(p, False) for p in [*_python_dirs(), *map(str, reads)]] + [(str(folder), True)]
+
+
+_SYSTEM = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt")
+
+
+def _probe(cmd: Sequence[str]) -> str | None:
+    """``None`` when ``cmd`` runs, else why not."""
+    try:
+        probe = subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return str(err)
+    if probe.returncode != 0:
+        lines = [line for line in (probe.stderr or probe.stdout).splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit status {probe.returncode}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Sandbox:
+    """How a worker runs a job's child sandboxed.
 
     Parameters
     ----------
-    args
-        The ``mlaas4hep`` arguments.
-    folder
-        The job's folder (read-write; the working directory).
-    reads
-        Folders the job may read (the service's data roots).
-    uid
-        The job's user.
-    limits
-        Its resource limits.
-    gpu
-        Whether the job sees the machine's NVIDIA devices (``/dev/nvidia*``).
+    image
+        The container image (``podman``: an image or a root folder, default an empty root with
+        the system folders bound read-only; ``apptainer``: a SIF file or folder, required).
     """
-    bwrap = shutil.which("bwrap") or "bwrap"
-    cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
-    for system in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/opt"):
-        if Path(system).is_symlink():
-            cmd += ["--symlink", os.readlink(system), system]
-        elif Path(system).exists():
-            cmd += ["--ro-bind", system, system]
-    made: set[str] = set()
 
-    def parents(path: str) -> list[str]:
-        """``--dir`` for the folders above ``path``, traversable by the job's user (bwrap's are not)."""
+    name: ClassVar[str] = ""
+    tool: ClassVar[str] = ""
+    install: ClassVar[str] = ""
+    image: str | None = None
+
+    def unavailable(self) -> str | None:
+        """Why jobs cannot be sandboxed this way on this machine, or ``None`` when they can."""
+        return _unavailable(self)
+
+    def _check(self) -> str | None:
+        raise NotImplementedError
+
+    def command(
+        self,
+        args: Sequence[str],
+        folder: Path,
+        reads: Sequence[Path],
+        uid: int,
+        limits: Limits,
+        gpu: bool = False,
+    ) -> list[str]:
+        """The command that runs ``python -m mlaas4hep_dask.service._child ARGS`` in the sandbox.
+
+        Parameters
+        ----------
+        args
+            The ``mlaas4hep`` arguments.
+        folder
+            The job's folder (read-write; the working directory).
+        reads
+            Folders the job may read (the service's data roots).
+        uid
+            The job's user.
+        limits
+            Its resource limits.
+        gpu
+            Whether the job sees the machine's NVIDIA devices (``/dev/nvidia*``).
+        """
+        raise NotImplementedError
+
+
+@functools.cache
+def _unavailable(sandbox: Sandbox) -> str | None:
+    if shutil.which(sandbox.tool) is None:
+        return f"{sandbox.name} ({sandbox.tool}) is not installed ({sandbox.install})"
+    if os.geteuid() != 0:
+        return "the Dask worker does not run as root, so it cannot switch a job to a user of its own"
+    return sandbox._check()
+
+
+class Bubblewrap(Sandbox):
+    """Debian's ``bubblewrap``: new PID, IPC and UTS namespaces and a view of the disk made of binds."""
+
+    name, tool, install = "bubblewrap", "bwrap", "Debian: apt-get install bubblewrap"
+
+    def _check(self) -> str | None:
+        why = _probe(["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "true"])
+        return None if why is None else f"bwrap cannot create a sandbox here: {why}"
+
+    def command(
+        self,
+        args: Sequence[str],
+        folder: Path,
+        reads: Sequence[Path],
+        uid: int,
+        limits: Limits,
+        gpu: bool = False,
+    ) -> list[str]:
+        bwrap = shutil.which("bwrap") or "bwrap"
+        cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+        for system in _SYSTEM:
+            if Path(system).is_symlink():
+                cmd += ["--symlink", os.readlink(system), system]
+            elif Path(system).exists():
+                cmd += ["--ro-bind", system, system]
+        made: set[str] = set()
+
+        def parents(path: str) -> list[str]:
+            """``--dir`` for the folders above ``path``, traversable by the job's user (bwrap's are not)."""
+            out = []
+            for parent in reversed(Path(path).parents):
+                name = str(parent)
+                system = name.startswith(("/usr", "/etc", "/opt")) or name == "/tmp"  # there already
+                if name != "/" and name not in made and not system:
+                    made.add(name)
+                    out += ["--perms", "0755", "--dir", name]
+            return out
+
+        cmd += ["--proc", "/proc", "--dev", "/dev"]
+        # /dev/shm: its own cluster's semaphores
+        for path, size in (("/tmp", limits.tmp), ("/dev/shm", limits.shm)):
+            cmd += ["--perms", "1777", "--size", str(size), "--tmpfs", path]
+        for device in sorted(glob.glob("/dev/nvidia*")) if gpu else []:
+            cmd += ["--dev-bind", device, device]
+        for path, writable in _visible(folder, reads):
+            cmd += [*parents(path), "--bind" if writable else "--ro-bind", path, path]
+        cmd += ["--chdir", str(folder)]
+        return [*cmd, "--", *_child(args, uid, limits)]
+
+
+class Podman(Sandbox):
+    """A rootful ``podman`` container: the same view of the disk as bubblewrap's, no capabilities
+    but switching users, no new privileges, the host's network (inputs may be remote)."""
+
+    name, tool, install = "podman", "podman", "Debian: apt-get install podman"
+
+    def _root(self) -> list[str]:
+        if self.image is not None:
+            return [self.image] if not Path(self.image).is_dir() else ["--rootfs", self.image]
+        empty = Path(tempfile.gettempdir()) / "mlaas4hep-empty-root"
+        empty.mkdir(mode=0o755, exist_ok=True)
+        return ["--rootfs", str(empty)]
+
+    def _check(self) -> str | None:
+        why = _probe(["podman", "run", "--rm", *self._binds(), *self._root(), "/bin/true"])
+        return None if why is None else f"podman cannot run a container here: {why}"
+
+    def _binds(self) -> list[str]:
         out = []
-        for parent in reversed(Path(path).parents):
-            name = str(parent)
-            system = name.startswith(("/usr", "/etc", "/opt")) or name == "/tmp"  # there already
-            if name != "/" and name not in made and not system:
-                made.add(name)
-                out += ["--perms", "0755", "--dir", name]
+        for system in _SYSTEM if self.image is None else ():
+            if Path(system).exists():
+                out += ["--volume", f"{Path(system).resolve()}:{system}:ro"]
         return out
 
-    cmd += ["--proc", "/proc", "--dev", "/dev"]
-    for path, size in (("/tmp", limits.tmp), ("/dev/shm", limits.shm)):  # /dev/shm: its cluster's semaphores
-        cmd += ["--perms", "1777", "--size", str(size), "--tmpfs", path]
-    for device in sorted(glob.glob("/dev/nvidia*")) if gpu else []:
-        cmd += ["--dev-bind", device, device]
-    for path in [*_python_dirs(), *map(str, reads)]:
-        cmd += [*parents(path), "--ro-bind", path, path]
-    cmd += [*parents(str(folder)), "--bind", str(folder), str(folder)]
-    cmd += ["--chdir", str(folder)]
-    child = [sys.executable, "-m", "mlaas4hep_dask.service._child"]
-    child += ["--as", str(uid), "--limits", json.dumps(dataclasses.asdict(limits))]
-    return [*cmd, "--", *child, *args]
+    def command(
+        self,
+        args: Sequence[str],
+        folder: Path,
+        reads: Sequence[Path],
+        uid: int,
+        limits: Limits,
+        gpu: bool = False,
+    ) -> list[str]:
+        cmd = ["podman", "run", "--rm", "--init", "--env-host", "--network", "host", "--ipc", "private"]
+        cmd += ["--uts", "private"]
+        cmd += ["--cap-drop", "all", "--cap-add", "setuid,setgid", "--security-opt", "no-new-privileges"]
+        cmd += ["--pids-limit", str(limits.processes), "--shm-size", str(limits.shm)]
+        cmd += ["--tmpfs", f"/tmp:rw,size={limits.tmp},mode=1777", "--workdir", str(folder)]
+        cmd += [*self._binds()]
+        for device in sorted(glob.glob("/dev/nvidia*")) if gpu else []:
+            cmd += ["--device", device]
+        for path, writable in _visible(folder, reads):
+            cmd += ["--volume", f"{path}:{path}:{'rw' if writable else 'ro'}"]
+        return [*cmd, *self._root(), *_child(args, uid, limits)]
+
+
+class Apptainer(Sandbox):
+    """``apptainer exec`` of a site's image, contained (no home, no host /tmp, own PID and IPC
+    namespaces), the Python environment, inputs and job folder bound in; run as root, the job
+    drops to its user."""
+
+    name, tool, install = "apptainer", "apptainer", "see apptainer.org; not in Debian"
+
+    def _check(self) -> str | None:
+        if self.image is None:
+            return "apptainer needs an image: --sandbox-image PATH (a SIF file or folder)"
+        why = _probe(["apptainer", "exec", "--contain", "--cleanenv", self.image, "/bin/true"])
+        return None if why is None else f"apptainer cannot run {self.image!r} here: {why}"
+
+    def command(
+        self,
+        args: Sequence[str],
+        folder: Path,
+        reads: Sequence[Path],
+        uid: int,
+        limits: Limits,
+        gpu: bool = False,
+    ) -> list[str]:
+        # the worker's allowlisted environment passes (no --cleanenv); the job drops root itself
+        cmd = ["apptainer", "exec", "--contain", "--no-home", "--pid", "--ipc"]
+        cmd += ["--pwd", str(folder), *(["--nv"] if gpu else [])]
+        for path, writable in _visible(folder, reads):
+            cmd += ["--bind", f"{path}:{path}:{'rw' if writable else 'ro'}"]
+        return [*cmd, str(self.image), *_child(args, uid, limits)]
+
+
+#: The sandboxes a service can run jobs in, by name.
+SANDBOXES: dict[str, type[Sandbox]] = {s.name: s for s in (Bubblewrap, Podman, Apptainer)}
+
+
+def sandbox_of(name: str = "bubblewrap", image: str | None = None) -> Sandbox:
+    """The sandbox called ``name`` (see :data:`SANDBOXES`).
+
+    Examples
+    --------
+    >>> sandbox_of("podman").name
+    'podman'
+    """
+    if name not in SANDBOXES:
+        from mlaas4hep_dask.errors import ConfigError
+
+        raise ConfigError(f"unknown sandbox {name!r}: use one of {', '.join(SANDBOXES)}")
+    return SANDBOXES[name](image)
 
 
 def folder_bytes(folder: Path) -> int:

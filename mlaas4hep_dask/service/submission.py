@@ -219,6 +219,11 @@ def job_spec(sub: Submission, config: ServiceConfig, upload: Path | None) -> dic
         "resources": resources,
         "timeout": timeout,
         "push": push,
-        "sandbox": not config.unsandboxed_jobs,
+        "sandbox": None if config.unsandboxed_jobs else _sandbox(config),
         "reads": [str(root) for root in config.data_roots],
     }
+
+
+def _sandbox(config: ServiceConfig) -> dict[str, str | None]:
+    """Which sandbox the worker runs the job in (see :func:`~mlaas4hep_dask.service.sandbox.sandbox_of`)."""
+    return {"name": config.sandbox, "image": config.sandbox_image}

@@ -19,6 +19,7 @@ from mlaas4hep_dask._executors import Distributed
 from mlaas4hep_dask._quiet import dropping_on_workers
 from mlaas4hep_dask.config import Params
 from mlaas4hep_dask.stream import BatchLoader
+from mlaas4hep_dask.tensorize import Layout, Packed
 
 from ._common import Fitting, Task, optional_import
 
@@ -57,10 +58,15 @@ def _params(model: Any, task: Task, params: Params, device: str) -> tuple[dict[s
     return booster, rounds
 
 
-def _part(block: tuple[Any, Any, Any], index: int) -> np.ndarray:
-    """One array of a tensorized partition; labels and weights as float32 for XGBoost."""
-    values = block[index]
-    return values if index == 0 else values.astype(np.float32, copy=False)
+def _part(sent: tuple[Any, ...], index: int, layout: Layout) -> np.ndarray:
+    """One array of a packed partition: its rows of X (0), or its labels (1) or weights (2)
+    as float32 for XGBoost."""
+    packed = Packed(*sent)
+    if index == 0:
+        return layout.unpacked(packed)
+    values = packed.y if index == 1 else packed.w
+    assert values is not None
+    return values.astype(np.float32, copy=False)
 
 
 def _dask_matrix(xgb: Any, loader: BatchLoader, client: Any, workers: list[str] | None) -> Any:
@@ -79,10 +85,11 @@ def _dask_matrix(xgb: Any, loader: BatchLoader, client: Any, workers: list[str] 
         if n == 0:
             continue
         task = loader._task(p)
-        xs.append(da.from_delayed(pick(task, 0), shape=(n, loader.idim), dtype=np.float32))
-        ys.append(da.from_delayed(pick(task, 1), shape=(n,), dtype=np.float32))
+        layout = loader.layout
+        xs.append(da.from_delayed(pick(task, 0, layout), shape=(n, loader.idim), dtype=np.float32))
+        ys.append(da.from_delayed(pick(task, 1, layout), shape=(n,), dtype=np.float32))
         if loader.weighted:
-            ws.append(da.from_delayed(pick(task, 2), shape=(n,), dtype=np.float32))
+            ws.append(da.from_delayed(pick(task, 2, layout), shape=(n,), dtype=np.float32))
     arrays = [da.concatenate(xs), da.concatenate(ys)] + ([da.concatenate(ws)] if ws else [])
     if workers is not None:
         arrays = client.persist(arrays, workers=workers, allow_other_workers=False)
