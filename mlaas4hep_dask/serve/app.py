@@ -20,6 +20,7 @@ Every bad request gets a 4xx with ``{"error": "..."}`` naming the field; the ser
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 import json
@@ -220,7 +221,9 @@ def _frozen_after_first(score: Callable[[Sequence[Any]], list[Any]]) -> Callable
         results = score(requests)
         if first:
             first = False
-            gc.collect()
+            # the young generations only: a full pass here (a second with the frameworks
+            # loaded) would stall every request; the old garbage it would free is small
+            gc.collect(1)
             gc.freeze()
         return results
 
@@ -330,6 +333,14 @@ def create_app(
     def delete_one(name: str, version: int) -> dict[str, Any]:
         return {"deleted": [m.to_dict() for m in repository.delete(name, version)]}
 
+    async def _loaded(name: str, version: int | None) -> tuple[Any, Bundle]:
+        """The bundle; one not loaded yet is loaded in a thread (seconds: its framework, its
+        runtime), so that the event loop keeps answering the models already loaded."""
+        info = repository.get(name, version)
+        if (info.name, info.version) in repository.loaded:
+            return repository.load(name, version)
+        return await asyncio.to_thread(repository.load, name, version)
+
     async def _body(request: Request) -> tuple[str, Any]:
         raw = await request.body()
         if len(raw) > max_body:
@@ -363,7 +374,7 @@ def create_app(
     async def predict(name: str, request: Request, version: int | None = None) -> Response:
         batcher.arriving += 1  # a batch being gathered waits for requests still being read
         try:
-            info, bundle = repository.load(name, version)
+            info, bundle = await _loaded(name, version)
             kind, payload = await _body(request)
             ignored: list[str] = []
             if kind == "json":
@@ -430,7 +441,7 @@ def create_app(
     async def v2_infer(name: str, request: Request, version: int | None = None) -> Response:
         batcher.arriving += 1
         try:
-            info, bundle = repository.load(name, version)
+            info, bundle = await _loaded(name, version)
             raw = await request.body()
             header, kind, payload = decode_infer(raw, request.headers.get("inference-header-content-length"))
             if kind == "features":
@@ -449,7 +460,7 @@ def create_app(
         _, payload = await _body(request)
         if not isinstance(payload, dict) or {"keys", "values", "model"} - set(payload):
             raise EventError('a TFaaS request is {"keys": [...], "values": [...], "model": "name"}')
-        _, bundle = repository.load(str(payload["model"]))
+        _, bundle = await _loaded(str(payload["model"]), None)
         keys, values = payload["keys"], payload["values"]
         rows = values if values and isinstance(values[0], list) else [values]
         features = bundle.layout.features

@@ -135,6 +135,7 @@ class Repository:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, int], Bundle] = {}
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
         self._lookups: dict[tuple[str, int | None], tuple[tuple[int, int], ModelInfo]] = {}
         self.cache_size = cache_size
         with self._db() as db:
@@ -318,15 +319,28 @@ class Repository:
             return list(self._cache)
 
     def load(self, name: str, version: int | None = None) -> tuple[ModelInfo, Bundle]:
-        """The stored bundle, loaded once and kept in a small cache."""
+        """The stored bundle, loaded once and kept in a small cache.
+
+        A version is loaded by one thread at a time, outside the repository's lock: loading
+        takes seconds, and the versions already loaded stay at hand meanwhile.
+        """
         info = self.get(name, version)
         key = (info.name, info.version)
         with self._lock:
-            if key not in self._cache:
+            if key in self._cache:
+                return info, self._cache[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._cache:  # another thread loaded it meanwhile
+                    return info, self._cache[key]
+            bundle = load_bundle(self._local_copy(info), self.runtime)
+            with self._lock:
                 if len(self._cache) >= self.cache_size:
                     self._cache.pop(next(iter(self._cache)))
-                self._cache[key] = load_bundle(self._local_copy(info), self.runtime)
-            return info, self._cache[key]
+                self._cache[key] = bundle
+                self._loading.pop(key, None)
+            return info, bundle
 
 
 def manifest_of(info: ModelInfo) -> dict[str, Any]:
