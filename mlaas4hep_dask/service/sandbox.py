@@ -139,7 +139,10 @@ def _child(args: Sequence[str], uid: int, limits: Limits) -> list[str]:
     return [*child, "--as", str(uid), "--limits", json.dumps(dataclasses.asdict(limits)), *args]
 
 
-def _visible(folder: Path, reads: Sequence[Path]) -> list[tuple[str, bool]]:
+_Visible = list[tuple[str, bool]]
+
+
+def _visible(folder: Path, reads: Sequence[Path]) -> _Visible:
     """What a job sees besides the system: ``(path, writable)``, the job folder last."""
     return [(p, False) for p in [*_python_dirs(), *map(str, reads)]] + [(str(folder), True)]
 
@@ -208,6 +211,12 @@ class Sandbox:
         gpu
             Whether the job sees the machine's NVIDIA devices (``/dev/nvidia*``).
         """
+        return self._wrap(_child(args, uid, limits), folder, _visible(folder, reads), limits, gpu)
+
+    def _wrap(
+        self, child: list[str], folder: Path, visible: _Visible, limits: Limits, gpu: bool
+    ) -> list[str]:
+        """``child`` run in this sandbox, in ``folder``, seeing ``visible`` besides the system."""
         raise NotImplementedError
 
 
@@ -229,14 +238,8 @@ class Bubblewrap(Sandbox):
         why = _probe(["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--die-with-parent", "true"])
         return None if why is None else f"bwrap cannot create a sandbox here: {why}"
 
-    def command(
-        self,
-        args: Sequence[str],
-        folder: Path,
-        reads: Sequence[Path],
-        uid: int,
-        limits: Limits,
-        gpu: bool = False,
+    def _wrap(
+        self, child: list[str], folder: Path, visible: _Visible, limits: Limits, gpu: bool
     ) -> list[str]:
         bwrap = shutil.which("bwrap") or "bwrap"
         cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
@@ -264,10 +267,10 @@ class Bubblewrap(Sandbox):
             cmd += ["--perms", "1777", "--size", str(size), "--tmpfs", path]
         for device in sorted(glob.glob("/dev/nvidia*")) if gpu else []:
             cmd += ["--dev-bind", device, device]
-        for path, writable in _visible(folder, reads):
+        for path, writable in visible:
             cmd += [*parents(path), "--bind" if writable else "--ro-bind", path, path]
         cmd += ["--chdir", str(folder)]
-        return [*cmd, "--", *_child(args, uid, limits)]
+        return [*cmd, "--", *child]
 
 
 class Podman(Sandbox):
@@ -294,14 +297,8 @@ class Podman(Sandbox):
                 out += ["--volume", f"{Path(system).resolve()}:{system}:ro"]
         return out
 
-    def command(
-        self,
-        args: Sequence[str],
-        folder: Path,
-        reads: Sequence[Path],
-        uid: int,
-        limits: Limits,
-        gpu: bool = False,
+    def _wrap(
+        self, child: list[str], folder: Path, visible: _Visible, limits: Limits, gpu: bool
     ) -> list[str]:
         cmd = ["podman", "run", "--rm", "--init", "--env-host", "--network", "host", "--ipc", "private"]
         cmd += ["--uts", "private"]
@@ -311,9 +308,9 @@ class Podman(Sandbox):
         cmd += [*self._binds()]
         for device in sorted(glob.glob("/dev/nvidia*")) if gpu else []:
             cmd += ["--device", device]
-        for path, writable in _visible(folder, reads):
+        for path, writable in visible:
             cmd += ["--volume", f"{path}:{path}:{'rw' if writable else 'ro'}"]
-        return [*cmd, *self._root(), *_child(args, uid, limits)]
+        return [*cmd, *self._root(), *child]
 
 
 class Apptainer(Sandbox):
@@ -329,21 +326,15 @@ class Apptainer(Sandbox):
         why = _probe(["apptainer", "exec", "--contain", "--cleanenv", self.image, "/bin/true"])
         return None if why is None else f"apptainer cannot run {self.image!r} here: {why}"
 
-    def command(
-        self,
-        args: Sequence[str],
-        folder: Path,
-        reads: Sequence[Path],
-        uid: int,
-        limits: Limits,
-        gpu: bool = False,
+    def _wrap(
+        self, child: list[str], folder: Path, visible: _Visible, limits: Limits, gpu: bool
     ) -> list[str]:
         # the worker's allowlisted environment passes (no --cleanenv); the job drops root itself
         cmd = ["apptainer", "exec", "--contain", "--no-home", "--pid", "--ipc"]
         cmd += ["--pwd", str(folder), *(["--nv"] if gpu else [])]
-        for path, writable in _visible(folder, reads):
+        for path, writable in visible:
             cmd += ["--bind", f"{path}:{path}:{'rw' if writable else 'ro'}"]
-        return [*cmd, str(self.image), *_child(args, uid, limits)]
+        return [*cmd, str(self.image), *child]
 
 
 #: The sandboxes a service can run jobs in, by name.
