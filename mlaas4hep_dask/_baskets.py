@@ -54,7 +54,9 @@ def plain_branch(branch: Any, start: int, stop: int) -> bool:
     dtype = interpretation.from_dtype
     if dtype.kind not in "biuf" or dtype.shape != () or dtype.fields is not None:
         return False
-    normal = branch._num_normal_baskets
+    normal = getattr(branch, "_num_normal_baskets", None)  # uproot's count of baskets on disk
+    if not isinstance(normal, int):  # another uproot than the one this was written for
+        return False
     on_disk = int(branch.member("fBasketEntry")[normal]) if normal else 0
     return stop <= on_disk
 
