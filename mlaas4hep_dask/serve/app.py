@@ -61,7 +61,13 @@ from mlaas4hep_dask.serve._events import (
     prepare_inputs,
 )
 from mlaas4hep_dask.serve._kserve import decode_infer, infer_answer, model_metadata
-from mlaas4hep_dask.serve.repository import BundleError, ModelNotFoundError, Repository, manifest_of
+from mlaas4hep_dask.serve.repository import (
+    BundleError,
+    ModelInfo,
+    ModelNotFoundError,
+    Repository,
+    manifest_of,
+)
 
 __all__ = ["create_app"]
 
@@ -333,12 +339,12 @@ def create_app(
     def delete_one(name: str, version: int) -> dict[str, Any]:
         return {"deleted": [m.to_dict() for m in repository.delete(name, version)]}
 
-    async def _loaded(name: str, version: int | None) -> tuple[Any, Bundle]:
+    async def _loaded(name: str, version: int | None) -> tuple[ModelInfo, Bundle]:
         """The bundle; one not loaded yet is loaded in a thread (seconds: its framework, its
         runtime), so that the event loop keeps answering the models already loaded."""
-        info = repository.get(name, version)
-        if (info.name, info.version) in repository.loaded:
-            return repository.load(name, version)
+        found = repository.cached(name, version)
+        if found is not None:
+            return found
         return await asyncio.to_thread(repository.load, name, version)
 
     async def _body(request: Request) -> tuple[str, Any]:

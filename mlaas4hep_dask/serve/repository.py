@@ -318,6 +318,13 @@ class Repository:
         with self._lock:
             return list(self._cache)
 
+    def cached(self, name: str, version: int | None = None) -> tuple[ModelInfo, Bundle] | None:
+        """The stored bundle if this process has it loaded already, else ``None`` (no loading)."""
+        info = self.get(name, version)
+        with self._lock:
+            bundle = self._cache.get((info.name, info.version))
+        return None if bundle is None else (info, bundle)
+
     def load(self, name: str, version: int | None = None) -> tuple[ModelInfo, Bundle]:
         """The stored bundle, loaded once and kept in a small cache.
 
