@@ -19,7 +19,7 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["pack_lists", "unpack_rows"]
+__all__ = ["list_starts", "pack_lists", "split_hash", "unpack_rows"]
 
 
 def _compiled(function: Callable[..., Any]) -> Any:
@@ -48,9 +48,25 @@ def pack_lists(
     list's full length goes to ``lengths``.  Returns where the next branch starts and whether
     every value written is finite (``v * 0`` is NaN only for NaN and inf).
     """
+    n = starts.shape[0]
+    whole = True  # every list whole and right after the previous one, as uproot reads them
+    for i in range(n):
+        items = stops[i] - starts[i]
+        lengths[i] = items
+        if items > slots or (i > 0 and starts[i] != stops[i - 1]):
+            whole = False
+    if whole:  # the items are one run: a loop the compiler vectorizes
+        first = starts[0] if n else 0
+        total = stops[n - 1] - first if n else 0
+        bad = False
+        for j in range(total):
+            v = (content[first + j] - shift) * inv_scale
+            bad |= not np.isfinite(v)
+            out[at + j] = v
+        return at + total, not bad
     zero = np.float32(0.0)
     check = zero
-    for i in range(starts.shape[0]):
+    for i in range(n):
         start = starts[i]
         items = stops[i] - start
         lengths[i] = items
@@ -98,3 +114,40 @@ def unpack_rows(
         if counts:
             for b in range(nlists):
                 out[k, column + b] = np.float32(lengths[i, b] / max(slots[b], 1))
+
+
+@_compiled
+def list_starts(lengths: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """Where each event's kept items of each branch begin in packed values (branch after branch).
+
+    ``starts[i, b]`` counts every kept item (at most ``slots[b]`` an event) of the branches
+    before ``b`` and of branch ``b``'s events before ``i``.
+    """
+    n, nlists = lengths.shape
+    starts = np.empty((n, nlists), dtype=np.int64)
+    at = 0
+    for b in range(nlists):
+        width = slots[b]
+        for i in range(n):
+            starts[i, b] = at
+            at += min(lengths[i, b], width)
+    return starts
+
+
+@_compiled
+def split_hash(
+    entries: np.ndarray, key: np.uint64, train_below: float, validation_below: float
+) -> np.ndarray:
+    """0, 1 or 2 for each entry: SplitMix64 of ``entry ^ key`` mapped to [0, 1), compared with
+    the two bounds (see :func:`~mlaas4hep_dask.tensorize.split_codes`)."""
+    codes = np.empty(entries.shape[0], dtype=np.uint8)
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    mix1, mix2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    for i in range(entries.shape[0]):
+        x = (np.uint64(entries[i]) ^ key) + golden
+        x = (x ^ (x >> np.uint64(30))) * mix1
+        x = (x ^ (x >> np.uint64(27))) * mix2
+        x = x ^ (x >> np.uint64(31))
+        u = np.float64(x >> np.uint64(11)) / 9007199254740992.0  # 2**53
+        codes[i] = 0 if u < train_below else (1 if u < validation_below else 2)
+    return codes

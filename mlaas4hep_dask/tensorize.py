@@ -248,11 +248,10 @@ class Packed:
 
     def starts(self, slots: np.ndarray) -> np.ndarray:
         """Where each event's items of each jagged branch begin in :attr:`values` (computed once)."""
+        from ._kernels import list_starts
+
         if self._starts is None:
-            kept = np.minimum(self.lengths, slots.astype(np.int32))
-            ends = np.cumsum(kept, axis=0, dtype=np.int64)
-            ends += np.concatenate([[0], np.cumsum(ends[-1])[:-1]]) if len(ends) else 0
-            self._starts = ends - kept
+            self._starts = list_starts(self.lengths, slots.astype(np.int64))
         return self._starts
 
 
@@ -270,18 +269,10 @@ def split_codes(
     >>> [round(float(np.mean(codes == c)), 2) for c in (0, 1, 2)]
     [0.7, 0.15, 0.15]
     """
-    x = entries.astype(np.uint64) ^ np.uint64(
-        (file_index * 0x9E3779B97F4A7C15 + seed * 0xD1B54A32D192ED03) % 2**64
-    )
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    u = (x >> np.uint64(11)).astype(np.float64) / float(2**53)
-    codes = np.zeros(len(entries), dtype=np.uint8)
-    codes[u >= 1.0 - split] = 1
-    codes[u >= 1.0 - split * test_fraction] = 2
-    return codes
+    from ._kernels import split_hash
+
+    key = np.uint64((file_index * 0x9E3779B97F4A7C15 + seed * 0xD1B54A32D192ED03) % 2**64)
+    return split_hash(np.asarray(entries, dtype=np.int64), key, 1.0 - split, 1.0 - split * test_fraction)
 
 
 @dataclasses.dataclass

@@ -145,6 +145,12 @@ def test_split_codes_are_stable_and_proportional() -> None:
     np.testing.assert_array_equal(codes[1000:2000], split_codes(3, entries[1000:2000], 9, 0.3, 0.5))
     assert not np.array_equal(codes, split_codes(4, entries, 9, 0.3, 0.5))
     assert not np.array_equal(codes, split_codes(3, entries, 10, 0.3, 0.5))
+    # the splits of every stored job and bundle: these codes never change (first 40, and counts)
+    assert "".join(map(str, codes[:40])) == "0000020002000100200000000100100010000000"
+    assert np.bincount(codes[:100_000]).tolist() == [69839, 15071, 15090]
+    far = split_codes(7, np.arange(2**40, 2**40 + 1000), seed=123456789, split=0.2, test_fraction=0.25)
+    assert "".join(map(str, far[:40])) == "0002010000000000101000020000001101000000"
+    assert np.bincount(far).tolist() == [808, 145, 47]
 
 
 def test_layout_from_original_specs(tmp_path: Path) -> None:
@@ -219,3 +225,8 @@ def test_transform_drops_events_with_nonfinite_values_in_the_kept_slots() -> Non
     # the inf of event 1 lies past the two slots and is clipped away: the event stays
     np.testing.assert_array_equal(keep, [False, True, False, True])
     np.testing.assert_array_equal(X, [[2.0, 3.0], [0.0, 0.0]])
+    # with room for every item (the lists packed in one run) the inf is kept, and its event dropped
+    wide = Layout((), (("v", 3),), False, {"v": 0.0}, {"v": 1.0}, drop_nonfinite=True)
+    X, keep = wide.transform(ak.zip({"v": values}, depth_limit=1))
+    np.testing.assert_array_equal(keep, [False, False, False, True])
+    np.testing.assert_array_equal(X, [[0.0, 0.0, 0.0]])
