@@ -48,7 +48,11 @@ class _Threads:
 
 
 class Distributed:
-    """Futures on a ``distributed`` cluster; the data stay on the workers until fetched.
+    """Futures on a ``distributed`` cluster, each fetched as soon as a worker has computed it.
+
+    A submitted partition is computed and sent to this process in the background (by the
+    Client's event loop), so asking for its result waits for neither when it was submitted
+    early enough: the loader's prefetch window covers the transfer, not only the computing.
 
     Results are fetched straight from the workers when they run on this machine (or the
     Client was made with ``direct_to_workers=True``): by default a Client asks the scheduler,
@@ -62,10 +66,14 @@ class Distributed:
         self.owned = owned
 
     def submit(self, task: Any) -> Any:
-        return self.client.compute(task)
+        import asyncio
+
+        future = self.client.compute(task)
+        fetch = self.client.gather(future, direct=self._direct(), asynchronous=True)
+        return asyncio.run_coroutine_threadsafe(fetch, self.client.loop.asyncio_loop)
 
     def result(self, handle: Any) -> Any:
-        return self.client.gather(handle, direct=self._direct())
+        return handle.result()
 
     def _direct(self) -> bool:
         if self.client.direct_to_workers is not None:

@@ -381,6 +381,7 @@ class BatchLoader:
             raise ConfigError("the shard was dealt from other partitions of these inputs")
         self._tasks: list[Any] | None = None
         self._next: dict[int, Any] = {}  # partitions of the next epoch's first chunks, computing
+        self._kept: dict[int, Packed] = {}  # ... and those this epoch had at its end, kept for it
         self.epoch = 0
 
     @property
@@ -584,21 +585,29 @@ class BatchLoader:
         return _ahead(self._chunks(np.random.default_rng(seed), shuffle, more))
 
     def _chunks(self, rng: np.random.Generator, shuffle: bool, more: bool) -> Iterator[Chunk]:
+        """The epoch's chunks, its partitions asked for ``prefetch`` chunks ahead.
+
+        With ``more``, the next epoch's first chunks are asked for while this one's last are
+        used, and the partitions they share with this epoch's last chunks are kept for it, not
+        read again (a file of one basket is one partition: every chunk of every epoch uses it).
+        """
         chunks = self.chunks()
         last_use: dict[int, int] = {}
         for k, chunk in enumerate(chunks):
             for piece in chunk:
                 last_use[piece.partition] = k
-        pending, self._next = self._next, {}
-        ready: dict[int, Packed] = {}
         depth = self.params.prefetch
+        final = len(chunks) - depth - 1  # from this chunk on, the next epoch's first are asked for
+        carried = {piece.partition for c in chunks[: depth + 1] for piece in c} if more else set()
+        pending, self._next = self._next, {}
+        ready, self._kept = self._kept, {}
         for k, chunk in enumerate(chunks):
             window = chunks[k : k + depth + 1]
-            following = chunks[: max(0, k + depth + 1 - len(chunks))] if more else []
+            following = chunks[: max(0, k - final)] if more else []
             for ahead, into in [(window, pending), (following, self._next)]:
                 for piece in (piece for c in ahead for piece in c):
                     p = piece.partition
-                    if p not in into and (into is self._next or p not in ready):
+                    if p not in into and p not in ready and p not in pending and p not in self._kept:
                         into[p] = self._executor.submit(self._task(p))
             pieces = []
             for piece in chunk:
@@ -607,7 +616,9 @@ class BatchLoader:
                     ready[p] = Packed(*self._executor.result(pending.pop(p)))
                 pieces.append((ready[p], piece.lo, piece.hi))
                 if last_use[p] == k:
-                    del ready[p]
+                    packed = ready.pop(p)
+                    if p in carried and k >= final:
+                        self._kept[p] = packed
             yield Chunk.assemble(self.layout, pieces, rng if shuffle else None)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:

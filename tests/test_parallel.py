@@ -123,13 +123,14 @@ def test_two_torch_trainers_learn_like_one_and_no_batch_reaches_the_client(
     assert two.metrics["final"]["val_auc"] > 0.78
     assert [row["epoch"] for row in two.metrics["epochs"]] == [1, 2, 3]
     assert len(two.metrics["final"]["data_wait"]) == 2
-    # the client-side trainer received every training batch of 3 epochs; the trainers on the
-    # workers sent the client only weights, metrics and the scores of the held-out events
+    # the client-side trainer received the training events of 3 epochs (less those an epoch's
+    # last chunks share with the next one's first, kept); the trainers on the workers sent the
+    # client only weights, metrics and the scores of the held-out events
     loader = BatchLoader(data, one.path / "specs.json", PARAMS, labels=LABELS, client="sync")
     run = loader._executor
     sent = [run.result(run.submit(loader._task(p))) for p in range(len(loader.dataset.partitions))]
     train_bytes = sum(a.nbytes for packed in sent for a in packed if a is not None)  # one epoch, as sent
-    assert client_side > 3 * train_bytes
+    assert client_side > 2.5 * train_bytes
     # packed events are small (this data: 3 MB an epoch): held-out scores and weights are not
     assert on_workers < train_bytes / 2, (on_workers, train_bytes)
     # a bundle trained by 2 ranks has the form of one trained by 1

@@ -260,6 +260,25 @@ def test_the_next_epoch_starts_reading_before_this_one_ends(three: list[Path]) -
     assert not validation._next
 
 
+def test_files_of_one_basket_are_read_once_for_all_epochs(tmp_path: Path) -> None:
+    """A file of one basket is one partition, used by every chunk: the epochs that follow keep it."""
+    files = generate(tmp_path, events=2000, files=1, seed=8, basket=2000)
+    keeping = _loader(files, epochs=3, prefetch=1)
+    assert len(keeping.dataset.partitions) == 2
+    assert len(keeping.chunks()) > 2
+    keeping._executor = recording = _Recording(keeping._executor)
+    rereading = _loader(files, epochs=3, prefetch=1)  # the same epochs, nothing read ahead or kept
+    for epoch in range(3):
+        kept = [(b.X, b.y, b.w) for b in keeping.iter_chunks()]
+        read = [(b.X, b.y, b.w) for b in rereading.iter_chunks(ahead=False)]
+        assert len(kept) == len(read) == len(keeping.chunks())
+        for ours, theirs in zip(kept, read, strict=True):
+            for a, b in zip(ours, theirs, strict=True):
+                np.testing.assert_array_equal(a, b)
+        assert len(recording.asked) == 2, f"epoch {epoch} read a partition again"
+    assert not keeping._kept  # the last epoch keeps nothing
+
+
 def test_the_loader_thread_raises_errors_and_stops_with_its_consumer(three: list[Path]) -> None:
     import threading
 
