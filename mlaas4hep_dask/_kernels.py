@@ -19,7 +19,7 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["list_starts", "pack_lists", "split_hash", "unpack_rows"]
+__all__ = ["basket_list_ends", "list_starts", "pack_lists", "split_hash", "unpack_rows"]
 
 
 def _compiled(function: Callable[..., Any]) -> Any:
@@ -151,3 +151,37 @@ def split_hash(
         u = np.float64(x >> np.uint64(11)) / 9007199254740992.0  # 2**53
         codes[i] = 0 if u < train_below else (1 if u < validation_below else 2)
     return codes
+
+
+@_compiled
+def basket_list_ends(
+    table: np.ndarray, keylen: int, size: int, itemsize: int, out: np.ndarray, at: int, base: int
+) -> bool:
+    """Where each list of one basket ends, in items, plus ``base``, written to ``out`` from ``at``.
+
+    ``table`` is the basket's offsets as ROOT writes them after the data (bytes): their number,
+    then where each entry starts, big-endian, counted from the key's start (``keylen`` before
+    the data), and a last one that ROOT does not keep meaningful (the data's ``size`` is the
+    end).  False if the offsets do not start at the data or go back (a damaged table).
+    """
+    entries = table.shape[0] // 4 - 2
+    if entries == 0:
+        return size == 0
+    previous = _be32(table, 4) - keylen
+    if previous != 0:
+        return False
+    for i in range(1, entries + 1):
+        offset = size if i == entries else _be32(table, 4 * (i + 1)) - keylen
+        if offset < previous:
+            return False
+        out[at + i - 1] = base + offset // itemsize
+        previous = offset
+    return True
+
+
+@_compiled
+def _be32(data: np.ndarray, k: int) -> np.int64:
+    """The signed big-endian 32-bit integer at byte ``k``."""
+    value = (np.int64(data[k]) << 24) | (np.int64(data[k + 1]) << 16) | (np.int64(data[k + 2]) << 8)
+    value |= np.int64(data[k + 3])
+    return value - (np.int64(1) << 32) if value >= (np.int64(1) << 31) else value

@@ -93,3 +93,20 @@ def test_layouts_read_as_uproot_reads_them(tmp_path: Path, layout: str) -> None:
         _assert_same(tree, columns, start, stop)
     values = _read(tree, ["v1"], 0, n)["v1"]
     assert ak.array_equal(values, data["v1"])
+
+
+def test_list_ends_of_a_basket_and_damaged_tables() -> None:
+    from mlaas4hep_dask._kernels import basket_list_ends
+
+    def table(*offsets: int) -> np.ndarray:  # their number, then the offsets (the last one ignored)
+        return np.frombuffer(np.array([len(offsets), *offsets], dtype=">i4").tobytes(), np.uint8)
+
+    out = np.full(5, -1, dtype=np.int64)
+    # three lists of 1, 0 and 4 float32 items after a 10-byte key: the last ends at the data's end
+    assert basket_list_ends(table(10, 14, 14, 999), 10, 20, 4, out, 1, 7)
+    np.testing.assert_array_equal(out, [-1, 8, 8, 12, -1])
+    assert not basket_list_ends(table(10, 18, 14, 0), 10, 20, 4, out, 1, 0)  # goes back
+    assert not basket_list_ends(table(12, 14, 14, 0), 10, 20, 4, out, 1, 0)  # not at the data
+    assert not basket_list_ends(table(10, 14, 31, 0), 10, 20, 4, out, 1, 0)  # past the data's end
+    assert basket_list_ends(table(0), 10, 0, 4, out, 1, 0)  # an empty basket
+    assert not basket_list_ends(table(0), 10, 8, 4, out, 1, 0)
