@@ -50,7 +50,7 @@ from .errors import ConfigError, SpecsError
 from .io import Dataset, open_dataset
 from .preprocess import Plan, Preproc, load_preproc, make_plan
 from .specs import Specs
-from .tensorize import Block, Chunk, Layout, Packed, Tensorize, split_codes
+from .tensorize import Block, Chunk, Layout, Packed, RowBuffers, Tensorize, split_codes
 
 __all__ = ["BatchLoader", "Piece", "Shard", "deal", "plan_chunks"]
 
@@ -235,15 +235,23 @@ def _ahead(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
         stop.set()
 
 
-def _shuffled(chunks: Iterator[Chunk]) -> Iterator[Block]:
+def _shuffled(chunks: Iterator[Chunk], buffers: RowBuffers) -> Iterator[Block]:
     """Each chunk's rows in the order of use; stopping early stops ``chunks`` (and its thread)."""
     try:
         for chunk in chunks:
             yield chunk.rows(0, len(chunk))
+            _done(chunk, buffers)
     finally:
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
+
+
+def _done(chunk: Chunk, buffers: RowBuffers) -> None:
+    """Its consumer is done with ``chunk``: a shuffled chunk's rows (only ever handed out as
+    gathered copies) are written over by a later chunk."""
+    if chunk.order is not None:
+        buffers.put(chunk.block.X)
 
 
 def _partition_step(chunk_size: int, nfiles: int) -> int:
@@ -382,6 +390,7 @@ class BatchLoader:
         self._tasks: list[Any] | None = None
         self._next: dict[int, Any] = {}  # partitions of the next epoch's first chunks, computing
         self._kept: dict[int, Packed] = {}  # ... and those this epoch had at its end, kept for it
+        self._buffers = RowBuffers()
         self.epoch = 0
 
     @property
@@ -574,7 +583,7 @@ class BatchLoader:
         ``ahead`` (the train split, up to ``params.epochs``), the workers start on the next
         epoch's first chunks while this one's last are used.
         """
-        return _shuffled(self._epoch(shuffle, ahead))
+        return _shuffled(self._epoch(shuffle, ahead), self._buffers)
 
     def _epoch(self, shuffle: bool | None = None, ahead: bool = True) -> Iterator[Chunk]:
         shuffle = self.params.shuffle if shuffle is None else shuffle
@@ -619,7 +628,7 @@ class BatchLoader:
                     packed = ready.pop(p)
                     if p in carried and k >= final:
                         self._kept[p] = packed
-            yield Chunk.assemble(self.layout, pieces, rng if shuffle else None)
+            yield Chunk.assemble(self.layout, pieces, rng if shuffle else None, self._buffers)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
         steps = None if self.shard is None else self.shard.steps
@@ -637,6 +646,7 @@ class BatchLoader:
                 if have == size:
                     yield self._batch(parts[0] if len(parts) == 1 else Block.concatenate(parts))
                     parts, have, size = [], 0, next(sizes, 0)
+            _done(chunk, self._buffers)
 
     def torch(self, device: str | None = None) -> Iterator[tuple[Any, ...]]:
         """One epoch of batches as ``torch.Tensor`` (sharing memory with NumPy; moved to ``device``).

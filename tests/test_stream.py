@@ -58,6 +58,30 @@ def test_no_event_lost_or_duplicated_across_splits(three: list[Path]) -> None:
     assert set(every) == expected
 
 
+def test_batches_kept_by_the_trainer_are_never_written_over(three: list[Path]) -> None:
+    """Chunks' rows are reused for later chunks; the batches handed out are not (shuffled:
+    gathered copies; unshuffled: views of rows that are never reused)."""
+    for shuffle in (True, False):
+        loader = _loader(three, shuffle=shuffle)
+        given: list[np.ndarray] = []  # every row array handed to a chunk (kept: ids stay unique)
+        get = loader._buffers.get
+        loader._buffers.get = lambda n, width: _noted(get(n, width), given)  # type: ignore[method-assign]
+        expected = _ids(loader)
+        held = [list(loader) for _ in range(2)]  # two epochs' batches, all kept until now
+        for batches in held:
+            ids = [(int(y), int(w)) for _, ys, ws in batches for y, w in zip(ys, ws, strict=True)]
+            assert sorted(ids) == sorted(expected)
+            rows = np.concatenate([X for X, _, _ in batches])
+            assert len(np.unique(rows, axis=0)) == len(rows)  # no batch overwritten by another's rows
+        reused = len(given) - len({id(rows) for rows in given})
+        assert reused > 0 if shuffle else reused == 0
+
+
+def _noted(rows: np.ndarray, given: list[np.ndarray]) -> np.ndarray:
+    given.append(rows.base if rows.base is not None else rows)
+    return rows
+
+
 def test_len_and_batches(three: list[Path]) -> None:
     loader = _loader(three)
     sizes = [len(X) for X, _, _ in loader]
