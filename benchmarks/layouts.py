@@ -14,8 +14,10 @@ has 520 branches), the same kind of events in each:
 
 Measured in fresh processes, in one run, on one worker (the targets are per worker): the
 specs pass and the loader's epochs (a no-op consumer, ``split`` 0) through a LocalCluster of
-one worker, and the loader as a trainer on a worker runs it (``trainer``: reading its share in
-its own threads, no transfer between processes), against
+one worker (``loader``: training epochs, ``params.epochs`` 10, the next epoch's first chunks
+read while this one ends and what they share with its last chunks kept; ``one-epoch``: every
+pass a single epoch that reads all it uses), and the loader as a trainer on a worker runs it
+(``trainer``: reading its share in its own threads, no transfer between processes), against
 ``uproot.iterate`` over the same branches with uproot's default ``zlib``: ``PASSES`` passes
 of each, the fastest after the first counted (the steady state; runs on the 2-core machine
 vary by 30 % from one to the next).  The ratios are events/s over the baseline's; peak RSS
@@ -37,7 +39,7 @@ from _common import run_measured, timed_passes
 
 TREE = "events"
 #: Passes of each measurement; the fastest after the first is reported (this machine is noisy).
-PASSES = 4
+PASSES = 6
 LAYOUTS = ("small", "big", "clusters", "nano")
 _PARAMS_ENV = "MLAAS4HEP_BENCH_PARAMS"
 
@@ -114,6 +116,8 @@ def step(kind: str, files: list[str], extra: str) -> None:
         print(json.dumps({**timed_passes(PASSES, one_pass), "branches": len(branches)}))
         return
     loader_params = {**params, "batch_size": 1024, "split": 0.0, "prefetch": 2}
+    if kind == "one-epoch":  # every pass reads every partition: nothing read ahead or kept between epochs
+        loader_params["epochs"] = 1
     if kind == "trainer":  # the loader of a trainer on a worker, reading its share in its own threads
         loader = m.BatchLoader(files, extra, loader_params, labels=[1, 0], client="threads")
         result = timed_passes(PASSES, lambda: sum(len(X) for X, _ in loader))
@@ -158,13 +162,13 @@ def main() -> None:
         m.compute_specs(files, params, client="threads").save(specs_path)
         base = run_measured([me, "--step", "baseline", "-", *files])
         rate = base["events"] / base["best_seconds"]
-        for kind in ("specs", "loader", "trainer"):
+        for kind in ("specs", "loader", "one-epoch", "trainer"):
             res = run_measured([me, "--step", kind, str(specs_path), *files])
             ours = res["events"] / res["best_seconds"]
             row = {"layout": layout, "what": kind, **res, "events_per_s": ours, "ratio": ours / rate}
             rows.append({**row, "baseline_events_per_s": rate, "baseline_peak_rss_mb": base["peak_rss_mb"]})
             print(
-                f"{layout:9} {kind:7} {res['events']:>10,} events {ours:>11,.0f}/s  uproot.iterate "
+                f"{layout:9} {kind:9} {res['events']:>10,} events {ours:>11,.0f}/s  uproot.iterate "
                 f"{rate:>11,.0f}/s  ratio {ours / rate:5.2f}  peak {res['peak_rss_mb']:6.0f} MB "
                 f"(uproot {base['peak_rss_mb']:5.0f} MB)",
                 flush=True,

@@ -154,7 +154,7 @@ def _list_ends(baskets: list[tuple[np.ndarray, Any, int]], itemsize: int) -> np.
     out = np.empty(sum(len(table) // 4 - 2 for _, table, _ in baskets) + 1, dtype=np.int64)
     out[0], at, base = 0, 1, 0
     for data, table, keylen in baskets:
-        if not basket_list_ends(table, keylen, len(data), itemsize, out, at, base):
+        if not basket_list_ends(table.view(np.uint32), keylen, len(data), itemsize, out, at, base):
             raise _NotPlain
         at += len(table) // 4 - 2
         base += len(data) // itemsize

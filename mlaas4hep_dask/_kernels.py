@@ -159,29 +159,33 @@ def basket_list_ends(
 ) -> bool:
     """Where each list of one basket ends, in items, plus ``base``, written to ``out`` from ``at``.
 
-    ``table`` is the basket's offsets as ROOT writes them after the data (bytes): their number,
-    then where each entry starts, big-endian, counted from the key's start (``keylen`` before
-    the data), and a last one that ROOT does not keep meaningful (the data's ``size`` is the
-    end).  False if the offsets do not start at the data or go back (a damaged table).
+    ``table`` is the basket's offsets as ROOT writes them after the data, as ``uint32`` words
+    (any alignment): their number, then where each entry starts, big-endian, counted from the
+    key's start (``keylen`` before the data), and a last one that ROOT does not keep
+    meaningful (the data's ``size`` is the end).  False if the offsets do not start at the
+    data or go back (a damaged table).
     """
-    entries = table.shape[0] // 4 - 2
+    shift = 0  # items are 1, 2, 4 or 8 bytes: a shift, not a division (which costs 20-40 cycles)
+    while (1 << shift) < itemsize:
+        shift += 1
+    entries = table.shape[0] - 2
     if entries == 0:
         return size == 0
-    previous = _be32(table, 4) - keylen
+    previous = _big_endian(table[1]) - keylen
     if previous != 0:
         return False
     for i in range(1, entries + 1):
-        offset = size if i == entries else _be32(table, 4 * (i + 1)) - keylen
+        offset = size if i == entries else _big_endian(table[i + 1]) - keylen
         if offset < previous:
             return False
-        out[at + i - 1] = base + offset // itemsize
+        out[at + i - 1] = base + (offset >> shift)
         previous = offset
     return True
 
 
-@_compiled
-def _be32(data: np.ndarray, k: int) -> np.int64:
-    """The signed big-endian 32-bit integer at byte ``k``."""
-    value = (np.int64(data[k]) << 24) | (np.int64(data[k + 1]) << 16) | (np.int64(data[k + 2]) << 8)
-    value |= np.int64(data[k + 3])
-    return value - (np.int64(1) << 32) if value >= (np.int64(1) << 31) else value
+@numba.njit(inline="always")
+def _big_endian(word: np.uint32) -> int:
+    """The signed 32-bit integer whose big-endian bytes are read as ``word`` (a byte swap)."""
+    swapped = ((word & np.uint32(0xFF)) << np.uint32(24)) | ((word & np.uint32(0xFF00)) << np.uint32(8))
+    swapped |= ((word >> np.uint32(8)) & np.uint32(0xFF00)) | (word >> np.uint32(24))
+    return np.int64(np.int32(swapped))  # type: ignore[return-value]

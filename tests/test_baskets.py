@@ -99,7 +99,9 @@ def test_list_ends_of_a_basket_and_damaged_tables() -> None:
     from mlaas4hep_dask._kernels import basket_list_ends
 
     def table(*offsets: int) -> np.ndarray:  # their number, then the offsets (the last one ignored)
-        return np.frombuffer(np.array([len(offsets), *offsets], dtype=">i4").tobytes(), np.uint8)
+        return np.frombuffer(b"-" + np.array([len(offsets), *offsets], dtype=">i4").tobytes(), np.uint8)[
+            1:
+        ].view(np.uint32)  # as in a basket: right after the data, at any alignment
 
     out = np.full(5, -1, dtype=np.int64)
     # three lists of 1, 0 and 4 float32 items after a 10-byte key: the last ends at the data's end

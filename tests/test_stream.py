@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import awkward as ak
 import numpy as np
@@ -64,8 +66,7 @@ def test_batches_kept_by_the_trainer_are_never_written_over(three: list[Path]) -
     for shuffle in (True, False):
         loader = _loader(three, shuffle=shuffle)
         given: list[np.ndarray] = []  # every row array handed to a chunk (kept: ids stay unique)
-        get = loader._buffers.get
-        loader._buffers.get = lambda n, width: _noted(get(n, width), given)  # type: ignore[method-assign]
+        loader._buffers.get = functools.partial(_noted, loader._buffers.get, given)  # type: ignore[method-assign]
         expected = _ids(loader)
         held = [list(loader) for _ in range(2)]  # two epochs' batches, all kept until now
         for batches in held:
@@ -77,7 +78,8 @@ def test_batches_kept_by_the_trainer_are_never_written_over(three: list[Path]) -
         assert reused > 0 if shuffle else reused == 0
 
 
-def _noted(rows: np.ndarray, given: list[np.ndarray]) -> np.ndarray:
+def _noted(get: Any, given: list[np.ndarray], n: int, width: int) -> np.ndarray:
+    rows = get(n, width)
     given.append(rows.base if rows.base is not None else rows)
     return rows
 
