@@ -1,6 +1,7 @@
 """Where the loader's partitions are computed: a distributed cluster, a thread pool, or inline.
 
-Each executor has ``submit(task) -> handle``, ``result(handle)`` and ``close()``.
+Each executor has ``submit(task) -> handle``, ``fetch(handle) -> handle`` (start bringing the
+result here as soon as it is computed), ``result(handle)`` and ``close()``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class _Inline:
     def submit(self, task: Any) -> Any:
         return task
 
+    def fetch(self, handle: Any) -> Any:
+        return handle
+
     def result(self, handle: Any) -> Any:
         return compute([handle], "sync")[0]
 
@@ -40,6 +44,9 @@ class _Threads:
     def submit(self, task: Any) -> Any:
         return self.pool.submit(compute, [task], "sync")
 
+    def fetch(self, handle: Any) -> Any:
+        return handle
+
     def result(self, handle: Any) -> Any:
         return handle.result()[0]
 
@@ -48,11 +55,14 @@ class _Threads:
 
 
 class Distributed:
-    """Futures on a ``distributed`` cluster, each fetched as soon as a worker has computed it.
+    """Futures on a ``distributed`` cluster; the data stay on the workers until fetched.
 
-    A submitted partition is computed and sent to this process in the background (by the
-    Client's event loop), so asking for its result waits for neither when it was submitted
-    early enough: the loader's prefetch window covers the transfer, not only the computing.
+    :meth:`fetch` has a partition sent to this process in the background (by the Client's
+    event loop) as soon as a worker has computed it, so asking for its result waits for
+    neither when it was fetched early enough: the loader's prefetch window covers the
+    transfer, not only the computing.  What is read ahead for the next epoch is not fetched
+    until that epoch starts (a transfer cut off by a closing client makes the worker log an
+    error).
 
     Results are fetched straight from the workers when they run on this machine (or the
     Client was made with ``direct_to_workers=True``): by default a Client asks the scheduler,
@@ -66,14 +76,18 @@ class Distributed:
         self.owned = owned
 
     def submit(self, task: Any) -> Any:
+        return self.client.compute(task)
+
+    def fetch(self, handle: Any) -> Any:
         import asyncio
 
-        future = self.client.compute(task)
-        fetch = self.client.gather(future, direct=self._direct(), asynchronous=True)
-        return asyncio.run_coroutine_threadsafe(fetch, self.client.loop.asyncio_loop)
+        gather = self.client.gather(handle, direct=self._direct(), asynchronous=True)
+        return asyncio.run_coroutine_threadsafe(gather, self.client.loop.asyncio_loop)
 
     def result(self, handle: Any) -> Any:
-        return handle.result()
+        if isinstance(handle, concurrent.futures.Future):
+            return handle.result()
+        return self.client.gather(handle, direct=self._direct())
 
     def _direct(self) -> bool:
         if self.client.direct_to_workers is not None:

@@ -608,8 +608,8 @@ class BatchLoader:
         depth = self.params.prefetch
         final = len(chunks) - depth - 1  # from this chunk on, the next epoch's first are asked for
         carried = {piece.partition for c in chunks[: depth + 1] for piece in c} if more else set()
-        pending, self._next = self._next, {}
-        ready, self._kept = self._kept, {}
+        pending = {p: self._executor.fetch(handle) for p, handle in self._next.items()}
+        ready, self._kept, self._next = self._kept, {}, {}
         for k, chunk in enumerate(chunks):
             window = chunks[k : k + depth + 1]
             following = chunks[: max(0, k - final)] if more else []
@@ -617,7 +617,8 @@ class BatchLoader:
                 for piece in (piece for c in ahead for piece in c):
                     p = piece.partition
                     if p not in into and p not in ready and p not in pending and p not in self._kept:
-                        into[p] = self._executor.submit(self._task(p))
+                        handle = self._executor.submit(self._task(p))
+                        into[p] = self._executor.fetch(handle) if into is pending else handle
             pieces = []
             for piece in chunk:
                 p = piece.partition

@@ -259,6 +259,9 @@ class _Recording:
         self.asked.append(str(task.key))  # type: ignore[attr-defined]
         return self.inner.submit(task)  # type: ignore[attr-defined]
 
+    def fetch(self, handle: object) -> object:
+        return self.inner.fetch(handle)  # type: ignore[attr-defined]
+
     def result(self, handle: object) -> object:
         return self.inner.result(handle)  # type: ignore[attr-defined]
 
