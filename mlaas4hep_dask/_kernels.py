@@ -66,10 +66,9 @@ def pack_lists(
         return at + total, not bad
     zero = np.float32(0.0)
     check = zero
-    for i in range(n):
+    for i in range(n):  # lengths are written above
         start = starts[i]
         items = stops[i] - start
-        lengths[i] = items
         for j in range(min(items, slots)):
             v = (content[start + j] - shift) * inv_scale
             check += v * zero

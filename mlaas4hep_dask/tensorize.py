@@ -249,9 +249,9 @@ class Packed:
 
     def starts(self, slots: np.ndarray) -> np.ndarray:
         """Where each event's items of each jagged branch begin in :attr:`values` (computed once)."""
-        from ._kernels import list_starts
-
         if self._starts is None:
+            from ._kernels import list_starts
+
             self._starts = list_starts(self.lengths, slots.astype(np.int64))
         return self._starts
 

@@ -81,11 +81,11 @@ def _dask_matrix(xgb: Any, loader: BatchLoader, client: Any, workers: list[str] 
 
     pick = dask.delayed(_part, pure=True)
     xs, ys, ws = [], [], []
+    layout = loader.layout
     for p, n in enumerate(loader.counts):
         if n == 0:
             continue
         task = loader._task(p)
-        layout = loader.layout
         xs.append(da.from_delayed(pick(task, 0, layout), shape=(n, loader.idim), dtype=np.float32))
         ys.append(da.from_delayed(pick(task, 1, layout), shape=(n,), dtype=np.float32))
         if loader.weighted:
