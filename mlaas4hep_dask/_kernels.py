@@ -19,7 +19,7 @@ from typing import Any
 import numba
 import numpy as np
 
-__all__ = ["basket_list_ends", "list_starts", "pack_lists", "split_hash", "unpack_rows"]
+__all__ = ["basket_list_ends", "list_lengths", "list_starts", "pack_lists", "split_hash", "unpack_rows"]
 
 
 def _compiled(function: Callable[..., Any]) -> Any:
@@ -31,50 +31,60 @@ def _compiled(function: Callable[..., Any]) -> Any:
 
 
 @_compiled
+def list_lengths(lengths: np.ndarray, starts: np.ndarray, stops: np.ndarray, slots: int) -> tuple[int, bool]:
+    """Each list's full length into ``lengths``.
+
+    Returns how many items :func:`pack_lists` keeps (at most ``slots`` a list: what it writes)
+    and whether every list is whole and right after the previous one, as uproot reads them.
+    """
+    kept = 0
+    whole = True
+    for i in range(starts.shape[0]):
+        items = stops[i] - starts[i]
+        lengths[i] = items
+        kept += min(items, slots)
+        if items > slots or (i > 0 and starts[i] != stops[i - 1]):
+            whole = False
+    return kept, whole
+
+
+@_compiled
 def pack_lists(
     out: np.ndarray,
     at: int,
-    lengths: np.ndarray,
     starts: np.ndarray,
     stops: np.ndarray,
     content: np.ndarray,
     shift: np.float32,
     inv_scale: np.float32,
     slots: int,
-) -> tuple[int, bool]:
+    whole: bool,
+) -> bool:
     """Write every list's first ``slots`` items, normalized, to ``out`` from ``at`` on.
 
-    Item ``x`` becomes ``(x - shift) * inv_scale`` in float32 (as NumPy computes it); each
-    list's full length goes to ``lengths``.  Returns where the next branch starts and whether
-    every value written is finite (``v * 0`` is NaN only for NaN and inf).
+    Item ``x`` becomes ``(x - shift) * inv_scale`` in float32 (as NumPy computes it).  ``out``
+    has room for the items :func:`list_lengths` counted, and ``whole`` is what it found.
+    Returns whether every value written is finite (``v * 0`` is NaN only for NaN and inf).
     """
     n = starts.shape[0]
-    whole = True  # every list whole and right after the previous one, as uproot reads them
-    for i in range(n):
-        items = stops[i] - starts[i]
-        lengths[i] = items
-        if items > slots or (i > 0 and starts[i] != stops[i - 1]):
-            whole = False
     if whole:  # the items are one run: a loop the compiler vectorizes
         first = starts[0] if n else 0
-        total = stops[n - 1] - first if n else 0
         bad = False
-        for j in range(total):
+        for j in range(stops[n - 1] - first if n else 0):
             v = (content[first + j] - shift) * inv_scale
             bad |= not np.isfinite(v)
             out[at + j] = v
-        return at + total, not bad
+        return not bad
     zero = np.float32(0.0)
     check = zero
-    for i in range(n):  # lengths are written above
+    for i in range(n):
         start = starts[i]
-        items = stops[i] - start
-        for j in range(min(items, slots)):
+        for j in range(min(stops[i] - start, slots)):
             v = (content[start + j] - shift) * inv_scale
             check += v * zero
             out[at + j] = v
-        at += min(items, slots)
-    return at, check == check
+        at += min(stops[i] - start, slots)
+    return check == check
 
 
 @_compiled
@@ -92,9 +102,9 @@ def unpack_rows(
     """Row ``k`` of ``out`` from packed event ``lo + k``: its flat values, every list padded to
     its slots, then (with ``counts``) each list's length divided by its slots.
 
-    ``starts[i, b]`` is where event ``i``'s items of branch ``b`` begin in ``values``, which
-    ends with at least ``max(slots)`` spare entries, so that a row reads whole slot ranges
-    without bounds checks: the loop has a fixed trip count per branch, which makes it fast.
+    ``starts[i, b]`` is where event ``i``'s items of branch ``b`` begin in ``values``.  Each
+    list is two plain runs, its kept items then its padding: twice as fast as one loop over the
+    slots choosing item or padding per slot (measured on rows of 42 and of 140 values).
     """
     nflat = flat.shape[1]
     nlists = len(slots)
@@ -105,10 +115,11 @@ def unpack_rows(
         column = nflat
         for b in range(nlists):
             start = starts[i, b]
-            items = lengths[i, b]
-            for j in range(slots[b]):
-                v = values[start + j]
-                out[k, column + j] = v if j < items else pad_value
+            items = min(lengths[i, b], slots[b])
+            for j in range(items):
+                out[k, column + j] = values[start + j]
+            for j in range(items, slots[b]):
+                out[k, column + j] = pad_value
             column += slots[b]
         if counts:
             for b in range(nlists):

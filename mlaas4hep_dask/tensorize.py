@@ -153,7 +153,7 @@ class Layout:
         events dropped with ``drop_nonfinite``; items past a list's slots are not kept, so
         they are not looked at.
         """
-        from ._kernels import pack_lists
+        from ._kernels import list_lengths, pack_lists
 
         flat = np.empty((n, len(self.flat)), dtype=np.float32)
         for c, name in enumerate(self.flat):
@@ -161,30 +161,30 @@ class Layout:
                 np.subtract(flat_values[name], self.shift[name], out=flat[:, c], dtype=np.float32)
                 flat[:, c] *= np.float32(1.0 / self.scale[name])
         finite = bool(np.isfinite(flat).all())
-        slots = [slots for _, slots in self.jagged]
-        lengths = np.empty((n, len(slots)), dtype=np.int32)
-        # every branch's kept items, one branch after the other, with room to read a whole row's slots
-        size = sum(min(len(lists[name][2]), n * width) for name, width in self.jagged)
-        values = np.empty(size + max(slots, default=0), dtype=np.float32)
-        at, ends = 0, []
-        for b, (name, width) in enumerate(self.jagged):
+        lengths = np.empty((n, len(self.jagged)), dtype=np.int32)
+        # lists may share items (picked by an index): count what is kept, never bound it by the content
+        counted = [
+            list_lengths(lengths[:, b], *lists[name][:2], width)
+            for b, (name, width) in enumerate(self.jagged)
+        ]
+        values = np.empty(sum(kept for kept, _ in counted), dtype=np.float32)
+        at = 0
+        for (name, width), (kept, whole) in zip(self.jagged, counted, strict=True):
             first, last, content = lists[name]
             shift, inv_scale = np.float32(self.shift[name]), np.float32(1.0 / self.scale[name])
             content = content.astype(np.float32, copy=False)
-            at, ok = pack_lists(values, at, lengths[:, b], first, last, content, shift, inv_scale, width)
-            finite &= ok
-            ends.append(at)
-        values[at:] = 0.0
-        packed = Packed(flat, lengths, values[: at + max(slots, default=0)], None, None)
-        return packed if finite else self._mend(packed, ends)
+            finite &= pack_lists(values, at, first, last, content, shift, inv_scale, width, whole)
+            at += kept
+        packed = Packed(flat, lengths, values, None, None)
+        return packed if finite else self._mend(packed)
 
-    def _mend(self, packed: Packed, ends: list[int]) -> Packed:
+    def _mend(self, packed: Packed) -> Packed:
         """Replace the non-finite values by ``nan_value``, or drop their events."""
         flat, values = packed.flat, packed.values
-        bad_values = ~np.isfinite(values[: ends[-1] if ends else 0])
+        bad_values = ~np.isfinite(values)
         if not self.drop_nonfinite:
             flat[~np.isfinite(flat)] = np.float32(self.nan_value)
-            values[: len(bad_values)][bad_values] = np.float32(self.nan_value)
+            values[bad_values] = np.float32(self.nan_value)
             return packed
         n = len(flat)
         kept_items = np.minimum(packed.lengths, [slots for _, slots in self.jagged]).astype(np.int64)
@@ -194,8 +194,7 @@ class Layout:
         if not nonfinite.any():
             return packed
         keep = ~nonfinite
-        spare = len(values) - len(owner)
-        values = np.concatenate([values[: len(owner)][keep[owner]], values[len(values) - spare :]])
+        values = values[keep[owner]]
         return Packed(flat[keep], packed.lengths[keep], values, None, None, keep)
 
     def unpacked(self, packed: Packed) -> np.ndarray:
@@ -225,7 +224,7 @@ class Packed:
         ``(n, jagged branches)`` items of each list (before clipping to its slots).
     values
         Each jagged branch's items of every event, at most its slots per event, normalized,
-        one branch after the other, then ``max(slots)`` spare entries.
+        one branch after the other.
     y, w
         Targets and weights (or ``None``).
     keep

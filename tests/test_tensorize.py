@@ -180,6 +180,8 @@ _LISTS = ak.Array([[1.5, 3.0, 2.0, 7.0], [], [5.0], [np.inf, 4.0], [3.0, 1.0, -2
     [
         pytest.param(_LISTS, id="list-offset-float64"),
         pytest.param(_LISTS[[4, 0, 0, 3, 1]], id="list-array-from-a-carry"),
+        # more kept items than the content holds: the packed values must be sized by the lists
+        pytest.param(_LISTS[np.zeros(400, dtype=np.int64)], id="one-list-picked-by-every-event"),
         pytest.param(_LISTS[ak.Array([True, False, True, True, True])], id="list-array-from-a-cut"),
         pytest.param(ak.values_astype(ak.Array([[1, 3, 2, 7], [], [5]]), np.int32), id="int32-content"),
         pytest.param(ak.Array([[True, False], [], [True]]), id="bool-content"),
