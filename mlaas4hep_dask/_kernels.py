@@ -41,6 +41,9 @@ def list_lengths(lengths: np.ndarray, starts: np.ndarray, stops: np.ndarray, slo
     whole = True
     for i in range(starts.shape[0]):
         items = stops[i] - starts[i]
+        if items < 0:  # not a valid list: counted empty, so that nothing is written for it
+            items = 0
+            whole = False
         lengths[i] = items
         kept += min(items, slots)
         if items > slots or (i > 0 and starts[i] != stops[i - 1]):
@@ -79,11 +82,12 @@ def pack_lists(
     check = zero
     for i in range(n):
         start = starts[i]
-        for j in range(min(stops[i] - start, slots)):
+        items = min(max(stops[i] - start, 0), slots)
+        for j in range(items):
             v = (content[start + j] - shift) * inv_scale
             check += v * zero
             out[at + j] = v
-        at += min(stops[i] - start, slots)
+        at += items
     return check == check
 
 
