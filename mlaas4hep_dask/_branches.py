@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -86,8 +87,13 @@ def classify(name: str, branch: Any) -> Branch | str | None:
     return f"object branch ({typename}) is not supported"
 
 
-def _matches(name: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(name, pattern) if _GLOB & set(pattern) else name == pattern
+def _matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a name is one of ``patterns`` (names or globs): a set lookup and one compiled regex,
+    not a pattern at a time (trees have a thousand branches, selections dozens of patterns)."""
+    exact = {p for p in patterns if not _GLOB & set(p)}
+    globs = [p for p in patterns if _GLOB & set(p)]
+    regex = re.compile("|".join(fnmatch.translate(p) for p in globs)) if globs else None
+    return lambda name: name in exact or (regex is not None and regex.match(name) is not None)
 
 
 def _no_match_error(pattern: str, key: str, names: Iterable[str]) -> SchemaError:
@@ -122,10 +128,10 @@ def select_branches(
     """
     names = list(classified)
     for pattern in selected:
-        if not any(_matches(n, pattern) for n in names):
+        if pattern not in classified and not any(map(_matcher([pattern]), names)):
             raise _no_match_error(pattern, "selected_branches", names)
-    chosen = [n for n in names if not selected or any(_matches(n, p) for p in selected)]
-    chosen = [n for n in chosen if not any(_matches(n, p) for p in excluded)]
+    is_selected, is_excluded = _matcher(selected), _matcher(excluded)
+    chosen = [n for n in names if (not selected or is_selected(n)) and not is_excluded(n)]
     chosen = [n for n in chosen if n not in identifiers]
 
     usable: dict[str, Branch] = {}

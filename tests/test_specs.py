@@ -214,3 +214,71 @@ def test_original_specs_in_flat_then_jagged_order_are_put_in_the_trees(
         iter(m.BatchLoader(generated, ours, params, labels=[1, 0], split="test", client="sync"))
     )
     np.testing.assert_array_equal(X, expected)
+
+
+def test_branch_selection_by_names_and_globs() -> None:
+    from mlaas4hep_dask._branches import Branch, select_branches
+    from mlaas4hep_dask.errors import SchemaError
+
+    names = ["jet_pt", "jet_eta", "jetE", "mu_pt", "mu_eta", "el_pt", "MET", "run", "bad"]
+    classified: dict[str, Branch | str] = {n: Branch(n, "flat", "float32") for n in names}
+    classified["bad"] = "object branch (TLorentzVector) is not supported"
+    usable, skipped = select_branches(
+        classified, ["MET", "jet_*", "[me][ul]_pt"], ["*_eta"], ["run"], "f.root"
+    )
+    assert list(usable) == ["jet_pt", "mu_pt", "el_pt", "MET"]  # tree order, globs anchored
+    assert skipped == {}
+    with pytest.warns(UserWarning, match="skipping 1 unsupported branches: 'bad'"):
+        usable, _ = select_branches(classified, [], ["jet*", "mu_?t", "e[!x]_pt"], ["run"], "f.root")
+    assert list(usable) == ["mu_eta", "MET"]
+    with pytest.raises(SchemaError, match=r"'jet_PT' matches no branch in the tree; nearest: 'jet_pt'"):
+        select_branches(classified, ["jet_PT"], [], [], "f.root")
+    with pytest.raises(SchemaError, match=r"'tau_\*' matches no branch"):
+        select_branches(classified, ["tau_*"], [], [], "f.root")
+    with pytest.raises(SchemaError, match=r"branch 'bad' in 'f\.root' cannot be used"):
+        select_branches(classified, ["bad"], [], [], "f.root")
+
+
+def test_inspection_of_a_local_file_is_reused_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    import uproot
+
+    from mlaas4hep_dask import io
+
+    path = tmp_path / "a.root"
+    with uproot.recreate(path) as fout:
+        fout.mktree("events", {"x": np.float64}).extend({"x": np.arange(10.0)})
+    inspected: list[str] = []
+    inspect_file = io._inspect_file
+    monkeypatch.setattr(io, "_inspect_file", lambda *a: inspected.append(a[0]) or inspect_file(*a))
+    assert list(open_dataset([str(path)]).branches) == ["x"]
+    monkeypatch.chdir(tmp_path)
+    again = open_dataset(["a.root"])
+    assert (list(again.branches), again.files[0].path, inspected) == (["x"], "a.root", [str(path)])
+    with uproot.recreate(path) as fout:  # rewritten: another size and time
+        fout.mktree("events", {"x": np.float64, "y": np.float64}).extend(
+            {"x": np.arange(10.0), "y": np.arange(10.0)}
+        )
+    assert list(open_dataset([str(path)]).branches) == ["x", "y"]
+    assert len(inspected) == 2
+    path.unlink()
+    with pytest.raises(m.InputNotFoundError, match=r"a\.root' does not exist"):
+        open_dataset([str(path)])
+
+
+def test_inspections_held_within_their_memory_budget(generated: list[Path]) -> None:
+    from mlaas4hep_dask import io
+
+    found = io._inspect_file(str(generated[0]), str(generated[0]), m.load_params({}))
+    held = io._Inspections(budget=1)
+    held.put(("a",), found)  # more than the budget alone: not kept
+    assert held.get(("a",)) is None
+    held = io._Inspections(budget=2**20)
+    for key in "abc":
+        held.put((key,), found)
+    assert held.get(("a",)) is not None  # a is now the most recently used
+    held.budget = held._held - 1
+    held.put(("d",), found)
+    assert [held.get((k,)) is not None for k in "abcd"] == [True, False, False, True]
