@@ -51,7 +51,10 @@ def basket_layout(branch: Any) -> BasketLayout | None:
     normal = len(offsets) - 1 - len(branch.embedded_baskets)
     nbytes = np.asarray(branch.member("fBasketBytes")[:normal], dtype=np.int64)
     embedded = [b.compressed_bytes for b in branch.embedded_baskets]
-    return BasketLayout(offsets, np.concatenate([nbytes, np.asarray(embedded, dtype=np.int64)]))
+    nbytes = np.concatenate([nbytes, np.asarray(embedded, dtype=np.int64)])
+    for array in (offsets, nbytes):  # shared by every dataset that opens the file (io._Inspections)
+        array.setflags(write=False)
+    return BasketLayout(offsets, nbytes)
 
 
 def _distinct(layouts: Iterable[BasketLayout]) -> list[BasketLayout]:
