@@ -346,8 +346,9 @@ class Chunk:
         w = None if first is None or first.w is None else np.concatenate([p.w[lo:hi] for p, lo, hi in pieces])  # type: ignore[index]
         order = None
         if rng is not None:
-            order = np.empty(n, dtype=np.int64)
-            order[rng.permutation(n)] = np.arange(n)
+            from ._kernels import inverse_permutation
+
+            order = inverse_permutation(rng.permutation(n))
         return cls(Block(X, y, w), order)
 
     def rows(self, a: int, b: int) -> Block:

@@ -232,3 +232,24 @@ def test_transform_drops_events_with_nonfinite_values_in_the_kept_slots() -> Non
     X, keep = wide.transform(ak.zip({"v": values}, depth_limit=1))
     np.testing.assert_array_equal(keep, [False, False, False, True])
     np.testing.assert_array_equal(X, [[0.0, 0.0, 0.0]])
+
+
+def test_chunk_shuffle_sends_each_row_where_the_permutation_says() -> None:
+    from mlaas4hep_dask.tensorize import Chunk
+
+    layout = Layout(("a",), (("v", 2),), False, {"a": 0.0, "v": 0.0}, {"a": 1.0, "v": 1.0})
+    n = 1000
+    lists = ak.unflatten(np.arange(3 * n, dtype=np.float64), np.full(n, 3))
+    packed = layout.pack(
+        *layout.columns(ak.zip({"a": np.arange(n, dtype=np.float64), "v": lists}, depth_limit=1))
+    )
+    pieces = [(packed, 0, 400), (packed, 400, n)]
+    plain = Chunk.assemble(layout, pieces)
+    shuffled = Chunk.assemble(layout, pieces, np.random.default_rng(5))
+    permutation = np.random.default_rng(5).permutation(
+        n
+    )  # row i (reading order) goes to position permutation[i]
+    rows = shuffled.rows(0, n).X
+    np.testing.assert_array_equal(rows[permutation], plain.rows(0, n).X)
+    np.testing.assert_array_equal(rows[permutation[7], 1:], [21.0, 22.0])
+    np.testing.assert_array_equal(shuffled.rows(100, 104).X, rows[100:104])
