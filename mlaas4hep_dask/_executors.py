@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import socket
+import time
 from typing import Any
 
 from .cluster import compute, local_cluster
@@ -68,12 +69,17 @@ class Distributed:
     Client was made with ``direct_to_workers=True``): by default a Client asks the scheduler,
     which relays every byte, and for a loader that doubles the traffic and loads the
     scheduler.  Remote workers are left to the scheduler unless asked, since a client outside
-    a batch farm often cannot reach them.
+    a batch farm often cannot reach them.  Where the workers are is asked of the scheduler at
+    most every ``recheck`` seconds (each asking is a round trip: about 1 ms of this process's
+    CPU, once per partition before), so that workers joining an adaptive cluster are seen.
     """
+
+    recheck = 2.0
 
     def __init__(self, client: Any, owned: Any = None) -> None:
         self.client = client
         self.owned = owned
+        self._local_workers: tuple[float, bool] | None = None  # (when asked, all on this machine)
 
     def submit(self, task: Any) -> Any:
         return self.client.compute(task)
@@ -92,8 +98,11 @@ class Distributed:
     def _direct(self) -> bool:
         if self.client.direct_to_workers is not None:
             return bool(self.client.direct_to_workers)
-        workers = self.client.scheduler_info().get("workers", {})
-        return bool(workers) and all(_on_this_machine(address) for address in workers)
+        now = time.monotonic()
+        if self._local_workers is None or now - self._local_workers[0] > self.recheck:
+            workers = self.client.scheduler_info().get("workers", {})
+            self._local_workers = (now, bool(workers) and all(_on_this_machine(a) for a in workers))
+        return self._local_workers[1]
 
     def close(self) -> None:
         if self.owned is not None:

@@ -330,3 +330,32 @@ def test_the_loader_thread_raises_errors_and_stops_with_its_consumer(three: list
             break
         threading.Event().wait(0.05)
     assert not [t for t in threading.enumerate() if t.name == "mlaas4hep-loader"]
+
+
+def test_where_the_workers_are_is_asked_at_most_every_recheck_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlaas4hep_dask import _executors
+
+    class Client:  # what the executor reads of a distributed.Client
+        direct_to_workers = None
+
+        def __init__(self) -> None:
+            self.workers: dict[str, dict] = {"tcp://127.0.0.1:40001": {}}
+            self.asked = 0
+
+        def scheduler_info(self) -> dict:
+            self.asked += 1
+            return {"workers": dict(self.workers)}
+
+    client = Client()
+    executor = _executors.Distributed(client)
+    clock = [100.0]
+    monkeypatch.setattr(_executors.time, "monotonic", lambda: clock[0])
+    assert all(executor._direct() for _ in range(50))
+    assert client.asked == 1
+    client.workers["tcp://203.0.113.77:8786"] = {}  # a worker elsewhere joins
+    clock[0] += executor.recheck / 2
+    assert (executor._direct(), client.asked) == (True, 1)
+    clock[0] += executor.recheck
+    assert (executor._direct(), client.asked) == (False, 2)
