@@ -11,10 +11,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["read_partition"]
+__all__ = ["ReadThen", "read_partition"]
 
 _MAX_OPEN = 32
 _LOCK = threading.Lock()
@@ -70,6 +70,24 @@ def read_partition(file: Any, params: Any, columns: Sequence[str], start: int, s
         raise _unreadable(file, start, stop, err) from None
     except Exception as err:  # uproot's DeserializationError, zlib.error, ValueError...
         raise _damaged(tree, file, columns, start, stop, err) from None
+
+
+class ReadThen:
+    """A task that reads one partition and hands it to ``call(partition, file_index, start)``."""
+
+    def __init__(self, call: Callable[[Any, int, int], Any]) -> None:
+        self.call = call
+        self.__name__ = f"read-{getattr(call, '__name__', type(call).__name__)}"  # the tasks' name in Dask
+
+    def __call__(
+        self, file: Any, params: Any, columns: Sequence[str], file_index: int, start: int, stop: int
+    ) -> Any:
+        return self.call(read_partition(file, params, columns, start, stop), file_index, start)
+
+    def __dask_tokenize__(self) -> Any:
+        from dask.base import tokenize
+
+        return ("ReadThen", tokenize(self.call))
 
 
 def _read(tree: Any, columns: Sequence[str], start: int, stop: int) -> Any:

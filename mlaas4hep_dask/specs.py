@@ -214,7 +214,7 @@ class _DescribePartition:
         self.plan = plan
         self.stats = StatsOfPartition({name: b.kind for name, b in plan.branches.items()})
 
-    def __call__(self, partition: Any, file_index: int) -> PartitionStats:
+    def __call__(self, partition: Any, file_index: int, start: int) -> PartitionStats:
         selection = self.plan.select(partition)
         stats = self.stats(selection.record, file_index)
         stats.cutflow = selection.cutflow if self.plan.cuts else []
@@ -239,14 +239,8 @@ def build_specs_graph(dataset: Dataset, plan: Plan | None = None) -> Any:
 
     plan = make_plan(None, dataset.available, dataset.branches) if plan is None else plan
     dataset = dataset.aligned_to(plan.columns)
-    per_partition = dask.delayed(_DescribePartition(plan), pure=True)
     reduce = dask.delayed(combine, pure=True)
-    parts = [
-        per_partition(part, ifile)
-        for part, (ifile, _, _) in zip(
-            dataset.delayed_partitions(plan.columns), dataset.partitions, strict=True
-        )
-    ]
+    parts = dataset.map_partitions(_DescribePartition(plan), plan.columns)
     while len(parts) > 1:
         parts = [reduce(*parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]
     return parts[0]

@@ -529,27 +529,15 @@ class BatchLoader:
 
     def _pass(self, call: Callable[..., Any], columns: Sequence[str] | None) -> list[Any]:
         """``call`` on every partition of ``columns`` (``None``: all the plan reads), computed now."""
-        import dask
-
-        delayed = dask.delayed(call, pure=True)
-        read = self.dataset.delayed_partitions(self.plan.columns if columns is None else tuple(columns))
-        tasks = [delayed(part, f, a) for part, (f, a, _) in zip(read, self.dataset.partitions, strict=True)]
+        tasks = self.dataset.map_partitions(call, self.plan.columns if columns is None else tuple(columns))
         target = self._executor.client if isinstance(self._executor, Distributed) else "threads"
         return list(compute(tasks, target))
 
     def _task(self, partition: int) -> Any:
-        import dask
-
         if self._tasks is None:
             self._tensorize.scale = self.weight_scale
             self._tensorize.file_scale = self.file_scale
-            tensorize = dask.delayed(self._tensorize, pure=True)
-            self._tasks = [
-                tensorize(part, f, a)
-                for part, (f, a, _) in zip(
-                    self.dataset.delayed_partitions(self.plan.columns), self.dataset.partitions, strict=True
-                )
-            ]
+            self._tasks = self.dataset.map_partitions(self._tensorize, self.plan.columns)
         return self._tasks[partition]
 
     def chunks(self) -> list[list[Piece]]:

@@ -265,7 +265,7 @@ def test_building_the_graph_reads_no_data(generated: list[Path], tmp_path: Path)
     dataset = open_dataset(wiped, {"chunk_size": 500})
     plan = make_plan(load_preproc(EXAMPLE), dataset.available, dataset.branches)
     graph = build_specs_graph(dataset, plan)
-    assert len(graph.__dask_graph__()) <= 2 * len(dataset.partitions) + len(dataset.partitions) // 8 + 10
+    assert len(graph.__dask_graph__()) <= len(dataset.partitions) + len(dataset.partitions) // 7 + 2
     with pytest.raises(
         m.InputError, match=r"\.root' is damaged: tree 'events', branch '\w+', entries \d+-\d+"
     ):

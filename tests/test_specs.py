@@ -3,9 +3,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import awkward as ak
 import pytest
+import uproot
 
 import mlaas4hep_dask as m
+from mlaas4hep_dask.cluster import compute
 from mlaas4hep_dask.generate import generate
 from mlaas4hep_dask.io import open_dataset
 from mlaas4hep_dask.specs import build_specs_graph
@@ -70,13 +73,32 @@ def test_partitions_follow_chunk_size_and_nevts(generated: list[Path]) -> None:
     assert sorted(f.nevents for f in specs.files) == [1250, 1251]
 
 
+def _first_entry(partition: ak.Array, file_index: int, start: int) -> tuple[int, int, int, float]:
+    return file_index, start, len(partition), float(partition["MET"][0])
+
+
+def test_map_partitions_reads_and_calls_in_one_task_per_partition(tmp_path: Path) -> None:
+    files = generate(tmp_path, events=900, files=1, seed=3, basket=100)
+    ds = open_dataset(files, {"chunk_size": 200})
+    tasks = ds.map_partitions(_first_entry, ["MET"])
+    assert [len(t.__dask_graph__()) for t in tasks] == [1] * len(ds.partitions)
+    assert "read-_first_entry" in str(tasks[0].key)
+    got = compute(tasks, "sync")
+    for (f, a, b), (file_index, start, n, met) in zip(ds.partitions, got, strict=True):
+        assert (file_index, start, n) == (f, a, b - a)
+        with uproot.open(files[f]) as tree:
+            assert met == float(tree["events"]["MET"].array(entry_start=a, entry_stop=a + 1, library="np")[0])
+    with pytest.raises(m.SchemaError, match="unknown branches \\['nope'\\]"):
+        ds.map_partitions(_first_entry, ["MET", "nope"])
+
+
 def test_graph_stays_small(tmp_path: Path) -> None:
     ds = open_dataset(generate(tmp_path, events=3000, files=1, seed=7, basket=100), {"chunk_size": 100})
     graph = build_specs_graph(ds).__dask_graph__()
     nparts = len(ds.partitions)
     assert nparts == 60
-    # reading + per-partition stats + the combine tree (fan-in 8), nothing per branch
-    assert len(graph) <= 2 * nparts + nparts // 8 + 10
+    # one task per partition (it reads and describes) + the combine tree (fan-in 8), nothing per branch
+    assert len(graph) <= nparts + nparts // 7 + 2
 
 
 def test_only_selected_columns_are_read(generated: list[Path]) -> None:

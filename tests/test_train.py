@@ -129,7 +129,7 @@ def test_xgboost_dask_trains_on_two_workers_without_gathering(data: list[Path], 
     def workers(prefix: str) -> set[str]:
         return {t["worker"] for t in stream.data if str(t["key"]).lstrip("('").startswith(prefix)}
 
-    assert len(workers("read_partition")) == 2
+    assert len(workers("read-Tensorize")) == 2
     assert len(workers("fn-")) == 2
     assert len(run.metrics["epochs"]) == 60  # one row per boosting round, from XGBoost's own evals
 

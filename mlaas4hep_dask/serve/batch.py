@@ -65,11 +65,20 @@ def _bundle(path: str) -> Bundle:
 class _ScorePartition:
     """Read → prepare → score → write one partition; returns the file written."""
 
-    def __init__(self, bundle_path: str, out: str, fmt: str, identifiers: Sequence[str]) -> None:
+    def __init__(
+        self,
+        bundle_path: str,
+        out: str,
+        fmt: str,
+        identifiers: Sequence[str],
+        partitions: Sequence[tuple[int, int, int]],
+    ) -> None:
         self.bundle_path, self.out, self.fmt = bundle_path, out, fmt
         self.identifiers = tuple(identifiers)
+        self.numbers = {(f, start): i for i, (f, start, _) in enumerate(partitions)}  # part-NNNNN
 
-    def __call__(self, partition: ak.Array, index: int, file_index: int, start: int) -> str:
+    def __call__(self, partition: ak.Array, file_index: int, start: int) -> str:
+        index = self.numbers[file_index, start]
         bundle = _bundle(self.bundle_path)
         selection = bundle.plan.select(partition)
         X, rows = bundle.layout.transform(selection.record)
@@ -132,7 +141,6 @@ def predict_files(
     """
     if fmt not in ("parquet", "root"):
         raise ConfigError(f"output format must be 'parquet' or 'root', not {fmt!r}")
-    import dask
 
     bundle_path = resolve_model(str(model))
     bundle = load_bundle(bundle_path)
@@ -151,13 +159,10 @@ def predict_files(
         raise ConfigError("the inputs' branches do not match the ones the model was trained on")
     Path(out).mkdir(parents=True, exist_ok=True)
 
-    score = dask.delayed(
-        _ScorePartition(str(bundle_path.resolve()), str(Path(out).resolve()), fmt, identifiers), pure=True
+    score = _ScorePartition(
+        str(bundle_path.resolve()), str(Path(out).resolve()), fmt, identifiers, dataset.partitions
     )
-    read = dataset.delayed_partitions(tuple(dict.fromkeys([*plan.columns, *identifiers])))
-    tasks = [
-        score(part, i, f, a) for i, (part, (f, a, _)) in enumerate(zip(read, dataset.partitions, strict=True))
-    ]
+    tasks = dataset.map_partitions(score, tuple(dict.fromkeys([*plan.columns, *identifiers])))
     written = [Path(p) for p in compute(tasks, client)]
     _write_friends(Path(out), dataset, written, fmt)
     return written
