@@ -433,6 +433,11 @@ def test_batch_predict_parts_chain_into_a_friend_of_each_input_tree(
         runs["sklearn"], inputs, tmp_path / "out", fmt="root", client="sync", chunk_size=700
     )
     assert len(written) > len(inputs)  # several parts per input file
+    # numbered in partition order (files, then entries), and nothing else left in the folder
+    assert [p.name for p in written] == [f"part-{i:05d}.root" for i in range(len(written))]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [p.name for p in written] + ["friends.json"]
+    )
     friends = json.loads((tmp_path / "out" / "friends.json").read_text())
     assert friends["tree"] == "scores"
     for k, entry in enumerate(friends["inputs"]):

@@ -71,14 +71,11 @@ class _ScorePartition:
         out: str,
         fmt: str,
         identifiers: Sequence[str],
-        partitions: Sequence[tuple[int, int, int]],
     ) -> None:
         self.bundle_path, self.out, self.fmt = bundle_path, out, fmt
         self.identifiers = tuple(identifiers)
-        self.numbers = {(f, start): i for i, (f, start, _) in enumerate(partitions)}  # part-NNNNN
 
     def __call__(self, partition: ak.Array, file_index: int, start: int) -> str:
-        index = self.numbers[file_index, start]
         bundle = _bundle(self.bundle_path)
         selection = bundle.plan.select(partition)
         X, rows = bundle.layout.transform(selection.record)
@@ -96,7 +93,7 @@ class _ScorePartition:
                 columns[f"score_{k}"] = _place(scores[:, k], kept, n)
         else:
             columns["score"] = _place(scores, kept, n)
-        path = Path(self.out) / f"part-{index:05d}.{self.fmt}"
+        path = Path(self.out) / _unnumbered(file_index, start, self.fmt)
         if self.fmt == "parquet":
             ak.to_parquet(ak.zip(columns, depth_limit=1), path)
         else:
@@ -106,6 +103,11 @@ class _ScorePartition:
                 f.mktree("scores", {k: v.dtype for k, v in columns.items()})
                 f["scores"].extend(columns)
         return str(path)
+
+
+def _unnumbered(file_index: int, start: int, fmt: str) -> str:
+    """A part's name until all are written and numbered in partition order (``part-00000``...)."""
+    return f"part-file{file_index}-entry{start}.{fmt}"
 
 
 def _place(values: np.ndarray, positions: np.ndarray, n: int) -> np.ndarray:
@@ -159,11 +161,11 @@ def predict_files(
         raise ConfigError("the inputs' branches do not match the ones the model was trained on")
     Path(out).mkdir(parents=True, exist_ok=True)
 
-    score = _ScorePartition(
-        str(bundle_path.resolve()), str(Path(out).resolve()), fmt, identifiers, dataset.partitions
-    )
+    score = _ScorePartition(str(bundle_path.resolve()), str(Path(out).resolve()), fmt, identifiers)
     tasks = dataset.map_partitions(score, tuple(dict.fromkeys([*plan.columns, *identifiers])))
     written = [Path(p) for p in compute(tasks, client)]
+    # numbered here, in partition order: a task knows its file and first entry, not its number
+    written = [p.replace(p.with_name(f"part-{i:05d}.{fmt}")) for i, p in enumerate(written)]
     _write_friends(Path(out), dataset, written, fmt)
     return written
 
