@@ -65,13 +65,7 @@ def _bundle(path: str) -> Bundle:
 class _ScorePartition:
     """Read → prepare → score → write one partition; returns the file written."""
 
-    def __init__(
-        self,
-        bundle_path: str,
-        out: str,
-        fmt: str,
-        identifiers: Sequence[str],
-    ) -> None:
+    def __init__(self, bundle_path: str, out: str, fmt: str, identifiers: Sequence[str]) -> None:
         self.bundle_path, self.out, self.fmt = bundle_path, out, fmt
         self.identifiers = tuple(identifiers)
 
