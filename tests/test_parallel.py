@@ -315,8 +315,11 @@ def test_resume_continues_a_run_stopped_after_epoch_one(data: list[Path], tmp_pa
     args = ["--files", files, "--labels", "1,0,1,0", "--model", str(model), "--params", str(params)]
     cli = [sys.executable, "-m", "mlaas4hep_dask.cli", "train", "--cluster", "threads", "-q"]
     run_dir = tmp_path / "run"
+    # the same run, never stopped, runs meanwhile (the one to stop sleeps in every batch)
+    with open(tmp_path / "whole.log", "w") as log:
+        whole = subprocess.Popen([*cli, *args, "--out", str(tmp_path / "whole")], stdout=log, stderr=log)
     proc = subprocess.Popen(
-        [*cli, *args, "--out", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*cli, *args, "--out", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 240
     meta = run_dir / "checkpoint.json"
@@ -334,9 +337,6 @@ def test_resume_continues_a_run_stopped_after_epoch_one(data: list[Path], tmp_pa
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["epochs"]] == [1, 2, 3]
     # the same run, never stopped: the same shuffles, the same weights, the same result
-    whole = subprocess.run(
-        [*cli, *args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, timeout=600
-    )
-    assert whole.returncode == 0, whole.stdout + whole.stderr
+    assert whole.wait(timeout=600) == 0, (tmp_path / "whole.log").read_text()
     uninterrupted = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     assert metrics["final"]["val_auc"] == pytest.approx(uninterrupted["final"]["val_auc"], abs=1e-6)
