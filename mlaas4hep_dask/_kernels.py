@@ -39,6 +39,14 @@ def _compiled(function: Callable[..., Any]) -> Any:
 
 
 @_compiled
+def _splitmix64(state: np.uint64) -> np.uint64:
+    """SplitMix64's output function: ``state`` (advanced by the golden gamma) mixed into 64 random bits."""
+    x = (state ^ (state >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@_compiled
 def list_lengths(lengths: np.ndarray, starts: np.ndarray, stops: np.ndarray, slots: int) -> tuple[int, bool]:
     """Each list's full length into ``lengths``.
 
@@ -148,17 +156,13 @@ def shuffled_order(n: int, key: np.uint64) -> np.ndarray:
     """
     order = np.arange(n)
     golden = np.uint64(0x9E3779B97F4A7C15)
-    mix1, mix2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
     low, two32 = np.uint64(0xFFFFFFFF), np.uint64(0x100000000)
     state = key
     for i in range(n - 1, 0, -1):
         bound = np.uint64(i + 1)
         while True:
             state += golden
-            x = (state ^ (state >> np.uint64(30))) * mix1
-            x = (x ^ (x >> np.uint64(27))) * mix2
-            x = x ^ (x >> np.uint64(31))
-            m = (x >> np.uint64(32)) * bound  # a 32-bit draw times the bound: j in the high half
+            m = (_splitmix64(state) >> np.uint64(32)) * bound  # 32 random bits times the bound: j on top
             if (m & low) >= (two32 - bound) % bound:  # outside the few draws that would bias j
                 break
         j = np.int64(m >> np.uint64(32))
@@ -192,12 +196,8 @@ def split_hash(
     the two bounds (see :func:`~mlaas4hep_dask.tensorize.split_codes`)."""
     codes = np.empty(entries.shape[0], dtype=np.uint8)
     golden = np.uint64(0x9E3779B97F4A7C15)
-    mix1, mix2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
     for i in range(entries.shape[0]):
-        x = (np.uint64(entries[i]) ^ key) + golden
-        x = (x ^ (x >> np.uint64(30))) * mix1
-        x = (x ^ (x >> np.uint64(27))) * mix2
-        x = x ^ (x >> np.uint64(31))
+        x = _splitmix64((np.uint64(entries[i]) ^ key) + golden)
         u = np.float64(x >> np.uint64(11)) / 9007199254740992.0  # 2**53
         codes[i] = 0 if u < train_below else (1 if u < validation_below else 2)
     return codes

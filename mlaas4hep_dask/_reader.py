@@ -21,25 +21,10 @@ _LOCK = threading.Lock()
 _OPEN: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
 
 
-def _identity(url: str) -> tuple[int, int, int]:
-    """A local file's inode, size and modification time: a file written anew is opened anew."""
-    import os
-
-    from .io import _REMOTE
-
-    if url.startswith(_REMOTE):
-        return (0, 0, 0)
-    st = os.stat(url)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 def _tree(file: Any, params: Any) -> Any:
-    from .io import _open
+    from .io import _file_identity, _open
 
-    try:
-        identity = _identity(file.url)
-    except OSError:
-        identity = (0, 0, 0)  # gone: _open below says so, naming the input
+    identity = _file_identity(file.url)  # a file written anew is opened anew
     key = (file.url, file.tree, params.xrootd_handler, identity)
     with _LOCK:
         if key in _OPEN:

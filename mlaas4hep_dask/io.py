@@ -346,20 +346,24 @@ class _Inspections:
 _INSPECTIONS = _Inspections()
 
 
-def _identity(url: str, tree: str | None) -> tuple[Any, ...] | None:
+def _file_identity(url: str) -> tuple[int, int, int, int] | None:
+    """A local file's device, inode, size and modification time (a file written anew is another
+    file); ``None`` for a remote file (asking would cost a round trip) or one that cannot be
+    found (opening it says what is wrong)."""
     if url.startswith(_REMOTE):
         return None
     try:
         st = os.stat(url)
     except OSError:
-        return None  # opening it says what is wrong
-    return (url, tree, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _inspect(path: str, params: Params) -> _Inspected:
     """The file's :class:`InputFile` and its tree's leaf branches, classified."""
     url = resolve_path(path, params.redirector)
-    key = _identity(url, params.tree)
+    identity = _file_identity(url)
+    key = None if identity is None else (url, params.tree, *identity)
     known = _INSPECTIONS.get(key) if key is not None else None
     if known is None:
         known = _inspect_file(path, url, params)

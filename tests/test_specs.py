@@ -150,9 +150,7 @@ def test_bad_specs_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
 
 
 def test_nonfinite_values_are_counted_and_left_out(tmp_path: Path) -> None:
-    import awkward as ak
     import numpy as np
-    import uproot
 
     path = tmp_path / "nan.root"
     with uproot.recreate(path) as f:
@@ -172,8 +170,6 @@ def test_nonfinite_values_are_counted_and_left_out(tmp_path: Path) -> None:
 
 
 def test_all_empty_jagged_branch(tmp_path: Path) -> None:
-    import awkward as ak
-    import uproot
 
     path = tmp_path / "empty.root"
     with uproot.recreate(path) as f:
@@ -265,7 +261,6 @@ def test_inspection_of_a_local_file_is_reused_until_it_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import numpy as np
-    import uproot
 
     from mlaas4hep_dask import io
 
