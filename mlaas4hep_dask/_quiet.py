@@ -1,9 +1,15 @@
 """Drop a library's lines that bypass Python's logging (C++ code writing to file descriptor 2).
 
 XGBoost's collective prints one ``Task [xgboost.dask-N]:ADDRESS got rank N`` line in every
-Dask worker that trains, from C++, past any verbosity setting.  :func:`drop_lines` puts a
-pipe in front of descriptor 2 for the duration and passes every other line through
-unchanged, in order; :func:`dropping_on_workers` does it in a cluster's worker processes.
+Dask worker that trains, from C++, past any verbosity setting.  TensorFlow's C++ runtime
+writes its start-up notes (:data:`TENSORFLOW_NOTES`) through absl's logging before absl is
+initialised, so ``TF_CPP_MIN_LOG_LEVEL`` does not reach all of them: on a CPU where TensorFlow
+turns oneDNN on by default (Intel CPUs with AVX-512 VNNI or AMX, not the AMD ones of our
+older machines), ``port.cc`` says so at INFO level at every import, whatever the level.
+:func:`drop_lines` puts a pipe in front of descriptor 2 for the duration and passes every
+other line through unchanged, in order; processes started meanwhile (a LocalCluster's
+workers, their trainers) inherit the pipe, so their lines are filtered too.
+:func:`dropping_on_workers` does it in a cluster's worker processes.
 """
 
 from __future__ import annotations
@@ -16,7 +22,16 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["drop_lines", "dropping_on_workers"]
+__all__ = ["TENSORFLOW_NOTES", "drop_lines", "dropping_on_workers"]
+
+#: TensorFlow's C++ start-up notes: absl's line before its logging is initialised, INFO lines
+#: of absl's format (``I0000 00:00:... 2863 port.cc:153] oneDNN custom operations are on``) and
+#: the second line of the CPU-instructions note.  Warnings and errors (``W``, ``E``) pass.
+TENSORFLOW_NOTES = (
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+    r"|To enable the following instructions: .* rebuild TensorFlow)"
+)
 
 #: The filters :func:`dropping_on_workers` started in this process, by pattern.
 _started: dict[str, contextlib.AbstractContextManager[None]] = {}
@@ -39,10 +54,14 @@ def drop_lines(pattern: str) -> Iterator[None]:
     os.close(write)
 
     def pump() -> None:
-        with os.fdopen(read, "rb") as lines:
-            for line in lines:
-                if not wanted.search(line):
-                    os.write(shown, line)
+        # the pump owns ``shown``: a child still holding the pipe past the block may write after it
+        try:
+            with os.fdopen(read, "rb") as lines:
+                for line in lines:
+                    if not wanted.search(line):
+                        os.write(shown, line)
+        finally:
+            os.close(shown)
 
     thread = threading.Thread(target=pump, name="mlaas4hep-stderr", daemon=True)
     thread.start()
@@ -50,9 +69,8 @@ def drop_lines(pattern: str) -> Iterator[None]:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(shown, 2)  # the pipe's last writer goes: the pump reads to its end and stops
+        os.dup2(shown, 2)  # this process's last writer goes: the pump reads to its end and stops
         thread.join(timeout=5)
-        os.close(shown)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._quiet import TENSORFLOW_NOTES, drop_lines
 from .errors import MLaaSError
 
 __all__ = ["main"]
@@ -638,8 +639,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mlaas4hep`` command line; return the exit status."""
     args = _parser().parse_args(argv)
-    if not os.environ.get("MLAAS4HEP_VERBOSE"):  # TensorFlow's C++ notes, here and in the workers
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get("MLAAS4HEP_VERBOSE"):
+        return _run(args)
+    # TensorFlow's C++ notes, here and in the workers and trainers we start (they inherit both)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with drop_lines(TENSORFLOW_NOTES):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     warnings.showwarning = _show_warning
     # XRootD's finalizer walks every object at exit and trips torch's deprecated attributes
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op", category=FutureWarning)
