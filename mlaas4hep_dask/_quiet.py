@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["TENSORFLOW_NOTES", "drop_lines", "dropping_on_workers"]
+__all__ = ["TENSORFLOW_NOTES", "drop_lines", "dropping_on_workers", "ignore_known_warnings"]
 
 #: TensorFlow's C++ start-up notes: absl's line before its logging is initialised, INFO lines
 #: of absl's format (``I0000 00:00:... 2863 port.cc:153] oneDNN custom operations are on``) and
@@ -32,6 +32,15 @@ TENSORFLOW_NOTES = (
     r"|I\d{4} [\d:.]+ +\d+ \S+:\d+\] "
     r"|To enable the following instructions: .* rebuild TensorFlow)"
 )
+
+
+def ignore_known_warnings() -> None:
+    """Warnings of libraries that are not the user's to act on, off in this process."""
+    import warnings
+
+    # XRootD's finalizer walks every object at exit and trips torch's deprecated attributes
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op", category=FutureWarning)
+
 
 #: The filters :func:`dropping_on_workers` started in this process, by pattern.
 _started: dict[str, contextlib.AbstractContextManager[None]] = {}

@@ -15,10 +15,13 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._quiet import TENSORFLOW_NOTES, drop_lines
+from ._quiet import TENSORFLOW_NOTES, drop_lines, ignore_known_warnings
 from .errors import MLaaSError
+
+if TYPE_CHECKING:
+    from .service.config import ServiceConfig
 
 __all__ = ["main"]
 
@@ -134,6 +137,9 @@ def _log_lines(fmt: str) -> None:
 def _announce(target: Any, quiet: bool) -> None:
     """Print the Dask dashboard's link when the work runs on a distributed cluster."""
     link = getattr(target, "dashboard_link", None)
+    scheduler = getattr(getattr(target, "cluster", None), "scheduler", None)
+    if scheduler is not None and not getattr(scheduler.http_application, "applications", True):
+        return  # a cluster started here without a dashboard (--tls): the link would lead nowhere
     if link and not quiet:
         print(f"Dask dashboard: {link}", flush=True)
 
@@ -282,14 +288,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def _cmd_service(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .errors import ConfigError
-    from .service.app import create_app
+    from .service._lock import hold_workdir
     from .service.config import ServiceConfig
-    from .service.runner import Runner
-    from .service.store import JobStore
-    from .service.uploads import Uploads
 
     config = ServiceConfig.build(
         workdir=args.workdir, db=args.db, issuer=args.issuer, audience=args.audience,
@@ -323,6 +324,19 @@ def _cmd_service(args: argparse.Namespace) -> int:
             )
     config.workdir.mkdir(parents=True, exist_ok=True)
     _log_lines("%(asctime)s %(name)s %(levelname)s %(message)s")
+    with hold_workdir(config.workdir):  # before the database: a second service must not touch it
+        _serve(args, config)
+    return 0
+
+
+def _serve(args: argparse.Namespace, config: ServiceConfig) -> None:
+    import uvicorn
+
+    from .service.app import create_app
+    from .service.runner import Runner
+    from .service.store import JobStore
+    from .service.uploads import Uploads
+
     store = JobStore(config.db_url)
     with _connect(args, secure=not config.unsandboxed_jobs) as client:
         _announce(client, quiet=False)
@@ -338,7 +352,6 @@ def _cmd_service(args: argparse.Namespace) -> int:
         # proxy_headers off: the peer address must be the TCP peer, for --trusted-proxy to mean anything
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False)
     store.close()
-    return 0
 
 
 def _refuse_open_scheduler(address: str) -> None:
@@ -422,7 +435,7 @@ def _connect(args: argparse.Namespace, secure: bool = False) -> Any:
         threads_per_worker=getattr(args, "threads", None),
         memory_limit=getattr(args, "memory_limit", None),
         dashboard_address=getattr(args, "dashboard_address", None),
-        secure=secure,
+        secure=secure or getattr(args, "tls", False),
     )
 
 
@@ -451,6 +464,12 @@ def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="[HOST]:PORT",
         default=None,
         help="where the Dask dashboard of the cluster we start listens (default: a free port)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="the LocalCluster admits only this command: TLS with a certificate of its own held in "
+        "memory, no dashboard unless --dashboard-address (what the submit service runs jobs with)",
     )
 
 
@@ -649,8 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     warnings.showwarning = _show_warning
-    # XRootD's finalizer walks every object at exit and trips torch's deprecated attributes
-    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op", category=FutureWarning)
+    ignore_known_warnings()
     try:
         return int(args.run(args))
     except MLaaSError as err:

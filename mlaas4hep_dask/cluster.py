@@ -49,25 +49,39 @@ def local_cluster(
     """Start a ``distributed.LocalCluster`` of worker processes tuned for array work.
 
     The dashboard listens on ``dashboard_address`` (``HOST:PORT`` or ``:PORT``); by default on
-    ``mlaas4hep.cluster.dashboard-address`` of the Dask config, else on a free port.  With
-    ``secure``, its scheduler and workers speak TLS and take only peers holding a temporary
-    certificate that lives in the memory of this process and the ones it starts, never on
-    disk (``distributed.security.Security.temporary``): another program on this machine
-    that finds their ports cannot connect.
+    ``mlaas4hep.cluster.dashboard-address`` of the Dask config, else on a free port.
+
+    With ``secure``, the cluster admits only this process and the ones it starts: its
+    scheduler, nannies and workers speak TLS and require a certificate of a CA made for this
+    cluster alone (mutual authentication, ``require_encryption``), whose key lives in the
+    memory of these processes only, never on disk (``distributed.security.Security.temporary``);
+    another program on this machine that finds their ports gets no ``identity``, no ``Client``,
+    no ``run``.  Its HTTP pages are not open to others either: unless a dashboard address is
+    given, there is no dashboard, and the scheduler's and workers' HTTP servers answer
+    ``/health`` only (no task names, worker logs or metrics).
     """
     from distributed import LocalCluster
     from distributed.security import Security
 
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRON}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), warnings.catch_warnings():
+    settings: dict[str, Any] = {"distributed.nanny.pre-spawn-environ": environ}
+    dashboard = dashboard_address or _dashboard_address()
+    if secure and dashboard is None:
+        settings |= {f"distributed.{role}.http.routes": ["distributed.http.health"] for role in _ROLES}
+    elif dashboard is None:
+        dashboard = ":0"
+    with dask.config.set(settings), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         return LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker or 1,
             memory_limit=memory_limit or "auto",
-            dashboard_address=dashboard_address or _dashboard_address() or ":0",
+            dashboard_address=dashboard,
             **({"security": Security.temporary(), "protocol": "tls://"} if secure else {}),
         )
+
+
+_ROLES = ("scheduler", "worker")
 
 
 def _dashboard_address() -> str | None:

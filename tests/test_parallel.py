@@ -340,3 +340,23 @@ def test_resume_continues_a_run_stopped_after_epoch_one(data: list[Path], tmp_pa
     assert whole.wait(timeout=600) == 0, (tmp_path / "whole.log").read_text()
     uninterrupted = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     assert metrics["final"]["val_auc"] == pytest.approx(uninterrupted["final"]["val_auc"], abs=1e-6)
+
+
+def test_trainers_fed_by_the_other_workers_of_a_tls_cluster(
+    data: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cluster that admits only its own (``--tls``, as each service job has): the trainers'
+    processes reach its scheduler with the workers' certificate, the third worker feeds them."""
+    from distributed import Client
+
+    from mlaas4hep_dask.cluster import local_cluster
+
+    with local_cluster(3, secure=True) as cluster, Client(cluster) as c:
+        assert cluster.scheduler_address.startswith("tls://")
+        caplog.set_level("INFO", logger="mlaas4hep_dask")
+        run = train(
+            data, MODELS / "torch_model.py", {**PARAMS, "epochs": 1}, LABELS,
+            out=tmp_path / "run", client=c, trainers=2,
+        )  # fmt: skip
+    assert run.metrics["final"]["trainers"] == 2
+    assert "training on 2 workers (fed by the other workers)" in caplog.text

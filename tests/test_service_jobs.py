@@ -18,6 +18,7 @@ from mlaas4hep_dask.serve import Repository
 from mlaas4hep_dask.service.sandbox import sandbox_of
 
 from ._oidc import AUDIENCE, Issuer, oidc_issuer
+from ._service import TERMINAL as TERMINAL_STATES
 from ._service import Caller, ServiceProcess, tarball, worker_pid_running
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -525,8 +526,10 @@ def test_a_restart_fails_running_jobs_clearly_and_runs_queued_ones(
     running = carol.submit(**_job(generated, model=SLEEPER)).json()
     queued = carol.submit(**_job(generated)).json()
     carol.wait(running["id"], {"running"})
+    killed = svc.proc.pid if svc.proc is not None else None
     svc.kill()
     svc.start()  # same work dir and database
+    assert f"taking over from service pid {killed}, which ended without releasing it" in svc.output()
     carol = Caller(svc.url, issuer.token("carol"))
     lost = carol.job(running["id"])
     assert lost["state"] == "failed"
@@ -557,3 +560,186 @@ def test_sandboxed_jobs_refuse_a_scheduler_that_takes_anyone(tmp_path: Path) -> 
     assert f"the Dask scheduler {address} takes connections without credentials" in refused.stderr
     assert "--unsandboxed-jobs" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+#: A model.py that, once its job's cluster is up (``model()`` is called after the specs pass),
+#: waits for another job's listening sockets and then tries every listening port of the
+#: machine that is not its own: Dask's ``identity`` over plain TCP, over TLS with its own
+#: cluster's certificate and with a fresh one, a ``Client`` and ``run`` on any scheduler that
+#: answers, the HTTP pages of the other job's cluster; and the other job's folder and data
+#: token.  It reports what it reached on one log line, then trains as usual.
+_PROBES = r"""
+import asyncio, glob, hashlib, json, os, time, urllib.request
+
+OTHER_JOBS = range(200_000, 265_000)
+
+
+def _listening():
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A":  # LISTEN
+                found.add((int(fields[1].rsplit(":", 1)[1], 16), int(fields[7])))
+    return found
+
+
+async def _identity(address, args):
+    from distributed.comm import connect
+
+    try:
+        comm = await asyncio.wait_for(connect(address, timeout=3, **args), 6)
+    except BaseException:
+        return None
+    try:
+        await comm.write({"op": "identity", "reply": True})
+        return await asyncio.wait_for(comm.read(), 6)
+    except BaseException:
+        return None
+    finally:
+        comm.abort()
+
+
+def _securities():
+    from distributed import get_client
+    from distributed.security import Security
+
+    own = {}
+    try:
+        own = {"own-certificate": get_client().security}
+    except Exception:
+        pass
+    return {"plain": None, "fresh-certificate": Security.temporary(), **own}
+
+
+async def _probe(ports):
+    tries = []
+    for port in ports:
+        for name, security in _securities().items():
+            scheme = "tcp" if security is None else "tls"
+            args = {} if security is None else security.get_connection_args("client")
+            tries.append((port, name, security, _identity(f"{scheme}://127.0.0.1:{port}", args)))
+    replies = await asyncio.gather(*(t[3] for t in tries))
+    return [(p, n, s, r) for (p, n, s, _), r in zip(tries, replies) if isinstance(r, dict)]
+
+
+def _pages(ports):
+    opened = []
+    for port in ports:
+        for route in ("/json/identity.json", "/info/main/workers.html", "/metrics", "/status"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=3) as page:
+                    opened.append([port, route, page.status])
+            except Exception:
+                pass
+    return opened
+
+
+def _report():
+    me = os.getuid()
+    deadline = time.monotonic() + 150
+    while not any(uid in OTHER_JOBS and uid != me for _, uid in _listening()):
+        if time.monotonic() > deadline:
+            return {"others": []}
+        time.sleep(0.5)
+    time.sleep(3)  # the other job's workers come up beside its scheduler
+    listening = _listening()
+    theirs = sorted(port for port, uid in listening if uid != me)
+    reached, ran = [], []
+    for port, name, security, reply in asyncio.run(_probe(theirs)):
+        reached.append([port, name, reply.get("type")])
+        from distributed import Client
+
+        scheme = "tcp" if security is None else "tls"
+        try:
+            with Client(f"{scheme}://127.0.0.1:{port}", security=security, timeout=5) as client:
+                ran.append([port, name, client.run(os.getuid)])
+        except Exception:
+            pass
+    here = os.getcwd()
+    folders = sorted(
+        set(glob.glob("/tmp/mlaas4hep-job-*") + glob.glob(os.path.dirname(here) + "/mlaas4hep-job-*")) - {here}
+    )
+    tokens = []
+    for path in glob.glob("/tmp/*/.credentials/token") + glob.glob(os.path.dirname(here) + "/*/.credentials/token"):
+        try:
+            tokens.append(hashlib.sha256(open(path, "rb").read()).hexdigest())
+        except OSError:
+            pass
+    others = sorted(port for port, uid in listening if uid in OTHER_JOBS and uid != me)
+    return {"others": others, "reached": reached, "ran": ran, "pages": _pages(others),
+            "folders": folders, "tokens": sorted(set(tokens))}
+
+
+def model():
+    print("PROBES " + json.dumps(_report()), flush=True)
+    from sklearn.linear_model import SGDClassifier
+
+    return SGDClassifier(loss="log_loss", random_state=0)
+"""
+
+
+def _probes(caller: Caller, job_id: str) -> dict[str, Any]:
+    logs = caller.client.get(f"/logs?id={job_id}").text
+    lines = [line for line in logs.splitlines() if "PROBES " in line]
+    assert len(lines) == 1, logs
+    return dict(json.loads(lines[0].split("PROBES ", 1)[1]))
+
+
+@pytest.mark.skipif(NO_SANDBOX is not None, reason=f"jobs cannot be sandboxed here: {NO_SANDBOX}")
+def test_two_users_jobs_at_once_reach_nothing_of_each_other(
+    alice: Caller, bob: Caller, issuer: Issuer, generated: list[Path]
+) -> None:
+    tokens = {"alice": "tok-alice-probe", "bob": "tok-bob-probe"}
+    jobs = {
+        who: caller.submit(**_job(generated, model=_PROBES), data_token=tokens[who]).json()["id"]
+        for who, caller in (("alice", alice), ("bob", bob))
+    }
+    done = {who: caller.wait(jobs[who], timeout=400) for who, caller in (("alice", alice), ("bob", bob))}
+    for who, caller in (("alice", alice), ("bob", bob)):
+        assert done[who]["state"] == "succeeded", caller.client.get(f"/logs?id={jobs[who]}").text
+        found = _probes(caller, jobs[who])
+        assert found["others"], f"{who}'s probe never saw the other job's cluster listening"
+        assert found["reached"] == [], found
+        assert found["ran"] == [], found
+        assert found["pages"] == [], found
+        assert found["folders"] == [], found
+        assert found["tokens"] == [hashlib.sha256(tokens[who].encode()).hexdigest()], found
+    # results as if alone: the same as each other's and as the same job's run on its own
+    carol = Caller(alice.client.base_url.__str__(), issuer.token("carol", lifetime=3600))
+    alone = carol.wait(carol.submit(**_job(generated)).json()["id"])
+    assert alone["state"] == "succeeded"
+    metrics = {
+        who: caller.client.get(f"/jobs/{jobs[who]}/results").json()["metrics"]
+        for who, caller in (("alice", alice), ("bob", bob))
+    }
+    reference = carol.client.get(f"/jobs/{alone['id']}/results").json()["metrics"]
+    assert metrics["alice"]["val_auc"] == metrics["bob"]["val_auc"] == reference["val_auc"]
+    assert metrics["alice"]["test_auc"] == metrics["bob"]["test_auc"] == reference["test_auc"]
+
+
+def test_a_second_service_on_a_held_work_dir_exits_2_and_the_first_ones_job_finishes(
+    alice: Caller, service: ServiceProcess, issuer: Issuer, cluster: Any, generated: list[Path]
+) -> None:
+    import subprocess
+    import sys
+
+    assert service.proc is not None
+    job = alice.submit(**_job(generated)).json()["id"]
+    alice.wait(job, {"running", *TERMINAL_STATES})
+    args = _args(issuer, cluster, generated[0].parent, service.workdir / "models")
+    second = subprocess.run(
+        [sys.executable, "-m", "mlaas4hep_dask.cli", "service", "--workdir", str(service.workdir), *args],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **_credentials(cluster, service.workdir)},
+    )  # fmt: skip
+    assert second.returncode == 2, second.stderr
+    assert (
+        f"mlaas4hep: error: work dir {str(service.workdir)!r} is in use by another service "
+        f"(pid {service.proc.pid}): stop it, or give this one its own --workdir"
+    ) in second.stderr
+    assert "Traceback" not in second.stderr
+    assert alice.wait(job)["state"] == "succeeded"

@@ -3,7 +3,8 @@
 :func:`run_job` secedes from the worker's thread pool (so the job's own data tasks can use
 it), writes the job's inputs into a private folder, and runs ``mlaas4hep train`` in a child
 process: a sandboxed job (:mod:`.sandbox`) on a LocalCluster of its own inside its sandbox
-(the shared cluster's workers would run any task it sent them with their own powers), an
+(the shared cluster's workers would run any task it sent them with their own powers), secured
+with TLS and a certificate of its own so that no other job can use it, an
 unsandboxed one on the same scheduler as the service.  The child's output goes to the
 service as Dask events (topic :data:`TOPIC`), with its progress lines parsed; a cancel (a
 Dask ``Event``) or the timeout ends the child's whole process group.  The run directory
@@ -171,7 +172,8 @@ def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[
             uid, limits = sandbox.job_uid(job_id), sandbox.Limits.of(spec["resources"], spec["timeout"])
             # a cluster of its own, inside the sandbox: the shared scheduler runs code as the workers' user
             workers = own_workers(spec["resources"])
-            args += ["--scheduler", "local", "--workers", str(workers), "--threads", "1"]
+            # ... that admits only this job: another job on the machine sees its ports, nothing more
+            args += ["--scheduler", "local", "--tls", "--workers", str(workers), "--threads", "1"]
             if spec["resources"].get("memory"):
                 args += ["--memory-limit", str(spec["resources"]["memory"])]
             _hand_over(folder, uid)

@@ -98,6 +98,10 @@ def run_rank(job: bytes, rank: int, channel: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"mlaas4hep-trainer-{rank}-") as tmp:
         path = Path(tmp) / "job.pkl"
         path.write_bytes(job)
+        if worker.security.require_encryption:  # the trainer's Client needs this cluster's certificate
+            secret = path.with_suffix(".security")  # in a folder of this user's only, removed after
+            secret.touch(mode=0o600)
+            secret.write_bytes(pickle.dumps(worker.security))
         read, write = os.pipe()
         env = {**os.environ, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
@@ -179,7 +183,9 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
     if job.scheduler is not None:
         from distributed import Client
 
-        feeders = Client(job.scheduler, set_as_default=False)
+        secret = workdir / "job.security"
+        security = pickle.loads(secret.read_bytes()) if secret.exists() else None
+        feeders = Client(job.scheduler, set_as_default=False, security=security)
     loaders = {
         split: BatchLoader(job.dataset, job.specs, job.params, job.recipe, job.labels, split, feeders, shard)
         for split, shard in job.shards.items()
@@ -266,8 +272,10 @@ def _peer_lost(err: BaseException) -> bool:
 def main(job_path: str, fd: str) -> int:
     """The trainer process: run the job in ``job_path``, report on the pipe ``fd``; the exit status."""
     from mlaas4hep_dask._lifeline import die_with_parent
+    from mlaas4hep_dask._quiet import ignore_known_warnings
 
     die_with_parent()
+    ignore_known_warnings()
     out = os.fdopen(int(fd), "w", buffering=1)
 
     def send(**message: Any) -> None:
