@@ -6,15 +6,15 @@ STAMP  := $(VENV)/.installed
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 DEMO   := demo-output
 
-.PHONY: install test demo bench lint image xrootd-server postgres-server sandbox browser wrk clean
+.PHONY: install test demo docs bench lint image xrootd-server postgres-server sandbox browser wrk clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-	$(PIP) install -e ".[test,ml]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import mlaas4hep_dask, pytest, skhep_testdata, torch, xgboost, keras, sklearn, onnxruntime, skl2onnx, onnxmltools, tritonclient.http, orjson, swagger_ui, uvloop"
+	$(PIP) install -e ".[test,ml,docs]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import mlaas4hep_dask, pytest, skhep_testdata, torch, xgboost, keras, sklearn, onnxruntime, skl2onnx, onnxmltools, tritonclient.http, orjson, swagger_ui, uvloop, sphinx, myst_nb, pydata_sphinx_theme, numpydoc"
 	@touch $(STAMP)
 
 # The XRootD tests run a real server: Debian's xrootd-server, installed here when missing.
@@ -63,6 +63,11 @@ demo: install
 	  --model configs/models/xgboost_model.py --params configs/params.json --preproc configs/preproc.json \
 	  --specs $(DEMO)/specs.json --out $(DEMO)/run-xgboost --scheduler local
 
+# The documentation site (Sphinx): warnings are errors, the tutorial notebook runs at every build.
+docs: install
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "docs written to docs/_build/html/index.html"
+
 # The serving benchmark's load generator: Debian's wrk (native, so the client is not the bottleneck).
 wrk:
 	@command -v wrk >/dev/null 2>&1 || { \
@@ -80,8 +85,8 @@ bench: install wrk
 	$(PY) benchmarks/train_scaling.py
 
 lint: install
-	$(VENV)/bin/ruff check mlaas4hep_dask tests benchmarks
-	$(VENV)/bin/ruff format --check mlaas4hep_dask tests benchmarks
+	$(VENV)/bin/ruff check mlaas4hep_dask tests benchmarks docs
+	$(VENV)/bin/ruff format --check mlaas4hep_dask tests benchmarks docs
 	$(VENV)/bin/mypy
 
 # The image shared by the Dask workers, the submit service and the inference server.
@@ -90,4 +95,4 @@ image:
 	docker build -t $(IMAGE) .
 
 clean:
-	rm -rf $(VENV) $(DEMO) bench-output .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(DEMO) bench-output .pytest_cache .ruff_cache .mypy_cache docs/_build docs/api docs/jupyter_execute

@@ -363,7 +363,7 @@ def _refuse_open_scheduler(address: str) -> None:
             f"the Dask scheduler {address} takes connections without credentials: a job's model.py "
             "could find it and run code on the workers outside its sandbox; use --scheduler local "
             "(secured with temporary TLS certificates), a tls:// scheduler (Dask's "
-            "distributed.comm.tls settings; see the README's security section), or accept it "
+            "distributed.comm.tls settings; see docs/guide/service.md), or accept it "
             "with --unsandboxed-jobs"
         )
 

@@ -122,7 +122,7 @@ class Specs:
         return sum(f.nevents for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
-        """The documented JSON layout (see the README)."""
+        """The documented JSON layout (see docs/guide/specs.md)."""
         out: dict[str, Any] = {
             "version": self.version,
             "files": [dataclasses.asdict(f) for f in self.files],

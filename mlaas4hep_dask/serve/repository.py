@@ -82,7 +82,7 @@ class ModelInfo:
 
 
 def check_name(name: str) -> str:
-    """A model name: letters, digits, ``_ . -``, at most 64 characters, no path."""
+    """A model name: letters, digits and ``_``, ``.``, ``-`` (at most 64 characters, no path)."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise BundleError(f"model name {name!r} is not allowed: use letters, digits, '_', '.', '-' (max 64)")
     return name
