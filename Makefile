@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) install -e ".[test,ml,docs]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import mlaas4hep_dask, pytest, skhep_testdata, torch, xgboost, keras, sklearn, onnxruntime, skl2onnx, onnxmltools, tritonclient.http, orjson, swagger_ui, uvloop, sphinx, myst_nb, pydata_sphinx_theme, numpydoc"
+	$(PY) -c "import mlaas4hep_dask, pytest, skhep_testdata, torch, xgboost, keras, sklearn, onnxruntime, skl2onnx, onnxmltools, tritonclient.http, orjson, swagger_ui, uvloop, sphinx, myst_nb, pydata_sphinx_theme, numpydoc, importlinter, grimp"
 	@touch $(STAMP)
 
 # The XRootD tests run a real server: Debian's xrootd-server, installed here when missing.
@@ -88,6 +88,8 @@ lint: install
 	$(VENV)/bin/ruff check mlaas4hep_dask tests benchmarks docs
 	$(VENV)/bin/ruff format --check mlaas4hep_dask tests benchmarks docs
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(PY) tests/_layout.py
 
 # The image shared by the Dask workers, the submit service and the inference server.
 IMAGE ?= mlaas4hep-dask:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

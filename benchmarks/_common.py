@@ -31,7 +31,7 @@ def ensure_data(folder: Path, events: int, files_per_class: int, seed: int = 11)
 
 def branches_of(files: list[Path] | list[str]) -> list[str]:
     """The branches the pipeline reads by default (what the baseline must read too)."""
-    from mlaas4hep_dask.io import open_dataset
+    from mlaas4hep_dask.read._dataset import open_dataset
 
     return list(open_dataset([str(f) for f in files]).branches)
 
@@ -46,7 +46,7 @@ def step_baseline(files: list[str], chunk_size: int, zlib: str, passes: int, tre
     """
     import uproot
 
-    from mlaas4hep_dask._inflate import zlib_library
+    from mlaas4hep_dask.read._inflate import zlib_library
 
     branches = branches_of(files)
     zlib_library(zlib)

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 import uvicorn
 
-from mlaas4hep_dask.bundle import load_bundle
+from mlaas4hep_dask.bundle._bundle import load_bundle
 
 bundle = load_bundle(sys.argv[1])
 gc.freeze()

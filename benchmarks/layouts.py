@@ -107,7 +107,7 @@ def step(kind: str, files: list[str], extra: str) -> None:
     if kind == "baseline":
         import uproot
 
-        from mlaas4hep_dask._inflate import zlib_library
+        from mlaas4hep_dask.read._inflate import zlib_library
 
         zlib_library("zlib")
 
@@ -127,7 +127,7 @@ def step(kind: str, files: list[str], extra: str) -> None:
         return
     from distributed import Client
 
-    from mlaas4hep_dask.cluster import local_cluster
+    from mlaas4hep_dask.scale._cluster import local_cluster
 
     with local_cluster(1) as cluster, Client(cluster) as client:
         client.wait_for_workers(1)

@@ -33,8 +33,8 @@ from _common import (
 def step_loader(files: list[str], chunk_size: int, workers: int, extra: str) -> None:
     from distributed import Client
 
-    from mlaas4hep_dask.cluster import local_cluster
-    from mlaas4hep_dask.stream import BatchLoader
+    from mlaas4hep_dask.batches._loader import BatchLoader
+    from mlaas4hep_dask.scale._cluster import local_cluster
 
     params = {"chunk_size": chunk_size, "batch_size": 1024, "split": 0.0, "prefetch": 2}
     labels = [1 if "ttH" in f else 0 for f in files]

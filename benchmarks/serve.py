@@ -157,7 +157,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("benchmarks/serve.py needs wrk (apt-get install wrk; make bench installs it)")
 
-    from mlaas4hep_dask.bundle import load_bundle
+    from mlaas4hep_dask.bundle._bundle import load_bundle
     from mlaas4hep_dask.generate import generate
     from mlaas4hep_dask.serve import pack
     from mlaas4hep_dask.train import train
@@ -208,7 +208,7 @@ def main() -> None:
     script.write_text(_LUA)
 
     ours_port, onnx_port, floor_port, peer_port = _free_port(), _free_port(), _free_port(), _free_port()
-    serve = [sys.executable, "-m", "mlaas4hep_dask.cli", "serve", "--repo", str(work / "repo")]
+    serve = [sys.executable, "-m", "mlaas4hep_dask.cli._main", "serve", "--repo", str(work / "repo")]
     serve += ["--workers", str(args.workers)]
     servers = [
         subprocess.Popen([*serve, "--port", str(ours_port)], stdout=subprocess.DEVNULL),

@@ -33,7 +33,7 @@ def step_specs(files: list[str], chunk_size: int, workers: int, preproc: str) ->
     from distributed import Client
 
     import mlaas4hep_dask as m
-    from mlaas4hep_dask.cluster import local_cluster
+    from mlaas4hep_dask.scale._cluster import local_cluster
 
     with (
         local_cluster(workers) as cluster,

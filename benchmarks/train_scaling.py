@@ -40,7 +40,7 @@ def _step(files: list[str], specs: str, workers: int, trainers: str, params: str
 
     from distributed import Client
 
-    from mlaas4hep_dask.cluster import local_cluster
+    from mlaas4hep_dask.scale._cluster import local_cluster
     from mlaas4hep_dask.train import train
 
     logging.getLogger("distributed").setLevel(logging.ERROR)

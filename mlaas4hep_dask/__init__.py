@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .config import Params, load_params, read_file_list
-from .errors import (
+from mlaas4hep_dask.batches._loader import BatchLoader
+from mlaas4hep_dask.config._params import Params, load_params, read_file_list
+from mlaas4hep_dask.errors import (
     ConfigError,
     ExpressionError,
     InputError,
@@ -27,11 +28,10 @@ from .errors import (
     SchemaError,
     SpecsError,
 )
-from .generate import generate
-from .io import Dataset, InputFile, open_dataset
-from .preprocess import Preproc, load_preproc
-from .specs import BranchSpec, FileSpec, Specs, compute_specs
-from .stream import BatchLoader
+from mlaas4hep_dask.generate import generate
+from mlaas4hep_dask.handle._preprocess import Preproc, load_preproc
+from mlaas4hep_dask.handle._specs import BranchSpec, FileSpec, Specs, compute_specs
+from mlaas4hep_dask.read._dataset import Dataset, InputFile, open_dataset
 
 try:
     __version__ = version("mlaas4hep-dask")

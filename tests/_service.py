@@ -36,7 +36,7 @@ class ServiceProcess:
         cmd = [
             sys.executable,
             "-m",
-            "mlaas4hep_dask.cli",
+            "mlaas4hep_dask.cli._main",
             "service",
             "--port",
             str(port),

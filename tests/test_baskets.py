@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import uproot
 
-from mlaas4hep_dask._baskets import plain_branch, read_plain
-from mlaas4hep_dask._reader import _read
+from mlaas4hep_dask.read._baskets import plain_branch, read_plain
+from mlaas4hep_dask.read._reader import _read
 
 from . import _layouts as L
 from .conftest import real_file
@@ -96,7 +96,7 @@ def test_layouts_read_as_uproot_reads_them(tmp_path: Path, layout: str) -> None:
 
 
 def test_list_ends_of_a_basket_and_damaged_tables() -> None:
-    from mlaas4hep_dask._kernels import basket_list_ends
+    from mlaas4hep_dask.read._kernels import basket_list_ends
 
     def table(*offsets: int) -> np.ndarray:  # their number, then the offsets (the last one ignored)
         return np.frombuffer(b"-" + np.array([len(offsets), *offsets], dtype=">i4").tobytes(), np.uint8)[

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlaas4hep_dask.cli import main
+from mlaas4hep_dask.cli._main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,7 +143,7 @@ def test_the_service_refuses_to_run_jobs_unsandboxed_unless_told(tmp_path: Path)
     args = [
         sys.executable,
         "-m",
-        "mlaas4hep_dask.cli",
+        "mlaas4hep_dask.cli._main",
         "service",
         "--insecure-dev",
         "--workdir",

@@ -14,8 +14,8 @@ import pytest
 import tomllib
 import yaml
 
-from mlaas4hep_dask.cluster import connect, load_cluster_config
 from mlaas4hep_dask.errors import ConfigError
+from mlaas4hep_dask.scale._cluster import connect, load_cluster_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "cluster"
@@ -202,7 +202,7 @@ def test_the_dashboard_serves_its_pages_while_a_computation_runs() -> None:
     import httpx
     from distributed import Client
 
-    from mlaas4hep_dask.cluster import local_cluster
+    from mlaas4hep_dask.scale._cluster import local_cluster
 
     with local_cluster(1) as cluster, Client(cluster) as client:
         running = client.submit(time.sleep, 5, pure=False)
@@ -219,7 +219,7 @@ def test_the_dashboard_serves_its_pages_while_a_computation_runs() -> None:
 def test_dashboard_address_pins_the_port(
     generated: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mlaas4hep_dask.cli import main
+    from mlaas4hep_dask.cli._main import main
 
     from ._servers import free_port
 

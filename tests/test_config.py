@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import mlaas4hep_dask as m
-from mlaas4hep_dask.config import Params, load_params, read_file_list
+from mlaas4hep_dask.config._params import Params, load_params, read_file_list
 
 ORIGINAL_PARAMS = {
     "nevts": -1,

@@ -138,7 +138,7 @@ def test_truncated_file_says_so(tmp_path: Path) -> None:
 def test_damaged_basket_names_file_tree_branch_and_entries(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mlaas4hep_dask.cli import main
+    from mlaas4hep_dask.cli._main import main
 
     path = tmp_path / "flipped.root"
     _two_branches(path)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mlaas4hep_dask.errors import ExpressionError
-from mlaas4hep_dask.expressions import FUNCTIONS, parse
+from mlaas4hep_dask.handle._expressions import FUNCTIONS, parse
 
 X = np.array([0.5, 1.0, 2.0, 4.0, 9.0])
 Y = np.array([3.0, -1.0, 0.25, 2.0, 1.5])
@@ -174,7 +174,7 @@ _FLAT = np.array([0.5, -1.0, 2.0, 3.5, -0.25], dtype=np.float32)
 @given(_trees(), st.sampled_from(["x", "y"]))
 def test_jagged_numpy_evaluation_gives_awkwards_numbers(tree, jagged_name: str) -> None:  # type: ignore[no-untyped-def]
     # the serving path (Jagged: counts + content) against awkward's broadcasting, bit for bit
-    from mlaas4hep_dask._jagged import Jagged
+    from mlaas4hep_dask.handle._jagged import Jagged
 
     text, _ = tree
     flat_name = "y" if jagged_name == "x" else "x"
@@ -199,7 +199,7 @@ def test_jagged_numpy_evaluation_gives_awkwards_numbers(tree, jagged_name: str) 
 
 
 def test_jagged_lists_of_different_lengths_do_not_broadcast() -> None:
-    from mlaas4hep_dask._jagged import Jagged
+    from mlaas4hep_dask.handle._jagged import Jagged
 
     with pytest.raises(ValueError, match="lists of different lengths"):
         parse("a + b").evaluate(

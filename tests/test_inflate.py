@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import mlaas4hep_dask as m
-from mlaas4hep_dask._inflate import zlib_library
+from mlaas4hep_dask.read._inflate import zlib_library
 
 # Read a file in a fresh process (the choice is made at import) and report which library
 # inflated its baskets: the ISA-L call is counted by wrapping it where uproot looks it up.

@@ -14,7 +14,7 @@ import pytest
 import uproot
 
 import mlaas4hep_dask as m
-from mlaas4hep_dask._partitions import BasketLayout, partition_edges
+from mlaas4hep_dask.read._partitions import BasketLayout, partition_edges
 
 from . import _layouts as L
 from ._servers import counting_proxy, http_server, xrootd_server

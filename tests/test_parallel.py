@@ -42,7 +42,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def client() -> Iterator[Any]:
     from distributed import Client
 
-    from mlaas4hep_dask.cluster import local_cluster
+    from mlaas4hep_dask.scale._cluster import local_cluster
 
     with local_cluster(2) as cluster, Client(cluster) as c:
         yield c
@@ -186,7 +186,7 @@ def test_keras_trains_with_two_trainers(data: list[Path], client: Any, tmp_path:
     )
     assert run.metrics["final"]["trainers"] == 2
     assert run.metrics["final"]["val_auc"] > 0.78
-    from mlaas4hep_dask.bundle import load_bundle
+    from mlaas4hep_dask.bundle._bundle import load_bundle
 
     bundle = load_bundle(run.path)  # saved in Keras's own format, loaded back on its default backend
     assert bundle.manifest["framework"] == "keras"
@@ -230,8 +230,8 @@ def test_what_cannot_be_data_parallel_is_refused_in_one_line(
     (tmp_path / "e" / "run.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"run\.json' cannot be read"):
         train(None, None, resume=tmp_path / "e")
-    from mlaas4hep_dask.config import Params
-    from mlaas4hep_dask.train._checkpoint import write_record
+    from mlaas4hep_dask.config._params import Params
+    from mlaas4hep_dask.fit._checkpoint import write_record
 
     write_record(tmp_path / "e", list(map(str, data)), LABELS, Params(), None, None, "auto")
     with pytest.raises(ConfigError, match="no checkpoint"):
@@ -251,7 +251,7 @@ def test_a_worker_killed_mid_training_resumes_or_fails_in_one_line(
     import dask
     from distributed import Client
 
-    from mlaas4hep_dask.cluster import local_cluster
+    from mlaas4hep_dask.scale._cluster import local_cluster
 
     caplog.set_level("INFO", logger="mlaas4hep_dask")
     run_dir = tmp_path / "run"
@@ -313,7 +313,7 @@ def test_resume_continues_a_run_stopped_after_epoch_one(data: list[Path], tmp_pa
     params = tmp_path / "params.json"
     params.write_text(json.dumps(PARAMS))
     args = ["--files", files, "--labels", "1,0,1,0", "--model", str(model), "--params", str(params)]
-    cli = [sys.executable, "-m", "mlaas4hep_dask.cli", "train", "--cluster", "threads", "-q"]
+    cli = [sys.executable, "-m", "mlaas4hep_dask.cli._main", "train", "--cluster", "threads", "-q"]
     run_dir = tmp_path / "run"
     # the same run, never stopped, runs meanwhile (the one to stop sleeps in every batch)
     with open(tmp_path / "whole.log", "w") as log:
@@ -349,7 +349,7 @@ def test_trainers_fed_by_the_other_workers_of_a_tls_cluster(
     processes reach its scheduler with the workers' certificate, the third worker feeds them."""
     from distributed import Client
 
-    from mlaas4hep_dask.cluster import local_cluster
+    from mlaas4hep_dask.scale._cluster import local_cluster
 
     with local_cluster(3, secure=True) as cluster, Client(cluster) as c:
         assert cluster.scheduler_address.startswith("tls://")

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mlaas4hep_dask.plots import roc_figure, scores_figure, training_figure
-from mlaas4hep_dask.tensorize import Block
+from mlaas4hep_dask.bundle._plots import roc_figure, scores_figure, training_figure
+from mlaas4hep_dask.handle._tensorize import Block
 from mlaas4hep_dask.train import _class_names
 
 

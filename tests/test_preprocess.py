@@ -12,9 +12,10 @@ import pytest
 import uproot
 
 import mlaas4hep_dask as m
-from mlaas4hep_dask.io import open_dataset
-from mlaas4hep_dask.preprocess import load_preproc, make_plan
-from mlaas4hep_dask.specs import build_specs_graph
+from mlaas4hep_dask.handle._preprocess import load_preproc, make_plan
+from mlaas4hep_dask.handle._specs import build_specs_graph
+from mlaas4hep_dask.read._dataset import open_dataset
+from mlaas4hep_dask.scale._cluster import compute
 
 from ._reference import assert_branch_matches, branch_stats, read_all
 from .conftest import real_file
@@ -269,10 +270,8 @@ def test_building_the_graph_reads_no_data(generated: list[Path], tmp_path: Path)
     with pytest.raises(
         m.InputError, match=r"\.root' is damaged: tree 'events', branch '\w+', entries \d+-\d+"
     ):
-        m.cluster.compute([graph], "sync")
-    (stats,) = m.cluster.compute(
-        [build_specs_graph(open_dataset(generated, {"chunk_size": 500}), plan)], "sync"
-    )
+        compute([graph], "sync")
+    (stats,) = compute([build_specs_graph(open_dataset(generated, {"chunk_size": 500}), plan)], "sync")
     assert stats.cutflow[0] == 6000
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mlaas4hep_dask as m
-from mlaas4hep_dask.io import resolve_path
+from mlaas4hep_dask.read._sources import resolve_path
 
 from ._servers import free_port
 

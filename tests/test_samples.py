@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 import mlaas4hep_dask as m
+from mlaas4hep_dask.config._samples import load_samples
 from mlaas4hep_dask.errors import ConfigError
-from mlaas4hep_dask.samples import load_samples
 
 PARAMS = {"chunk_size": 1000, "batch_size": 500, "exclude_branches": ["weight"], "weight_norm": "none"}
 MODELS = Path(__file__).resolve().parent.parent / "configs" / "models"
@@ -58,7 +58,7 @@ def test_weighted_yields_are_xsec_times_lumi(generated: list[Path], tmp_path: Pa
 
 
 def test_a_sample_list_trains_without_labels_txt(generated: list[Path], tmp_path: Path) -> None:
-    from mlaas4hep_dask.cli import main
+    from mlaas4hep_dask.cli._main import main
 
     samples = _write(
         tmp_path / "samples.yaml",

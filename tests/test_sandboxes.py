@@ -49,7 +49,7 @@ def test_each_sandbox_runs_the_same_child_with_only_its_folders(name: str, tmp_p
     folder, data = tmp_path / "job", tmp_path / "data"
     cmd = box.command(["train", "--model", "model.py"], folder, [data], 200_001, Limits(), gpu=False)
     child = cmd[cmd.index("-m") - 1 :]
-    assert child[1:5] == ["-m", "mlaas4hep_dask.service._child", "--as", "200001"]
+    assert child[1:5] == ["-m", "mlaas4hep_dask.cli._child", "--as", "200001"]
     assert json.loads(child[6])["memory"] == Limits().memory
     assert child[-3:] == ["train", "--model", "model.py"]
     under = {path for path, writable in _bound(cmd) if path.startswith(str(tmp_path))}

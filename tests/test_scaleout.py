@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from mlaas4hep_dask import compute_specs
-from mlaas4hep_dask.cli import main
-from mlaas4hep_dask.cluster import local_cluster
+from mlaas4hep_dask.cli._main import main
 from mlaas4hep_dask.generate import generate
+from mlaas4hep_dask.scale._cluster import local_cluster
 from mlaas4hep_dask.train import train
 
 from ._servers import free_port

@@ -17,7 +17,7 @@ import pytest
 import uproot
 
 import mlaas4hep_dask as m
-from mlaas4hep_dask.bundle import load_bundle
+from mlaas4hep_dask.bundle._bundle import load_bundle
 from mlaas4hep_dask.generate import generate
 from mlaas4hep_dask.serve import Repository, pack
 from mlaas4hep_dask.serve._events import prepare_events
@@ -234,7 +234,7 @@ def test_tfaas_json_route_and_metrics(server: str, runs: dict[str, Path]) -> Non
 
 @pytest.mark.slow
 def test_cli_push(server: str, runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    from mlaas4hep_dask.cli import main
+    from mlaas4hep_dask.cli._main import main
 
     assert main(["push", str(runs["torch"]), "--server", server, "--name", "pushed"]) == 0
     assert "uploaded" in capsys.readouterr().out
@@ -379,7 +379,7 @@ def test_raw_events_as_an_arrow_stream_score_as_the_json_events(
 def test_batch_predict_writes_scores_per_partition(
     runs: dict[str, Path], data: list[Path], tmp_path: Path, fmt: str
 ) -> None:
-    from mlaas4hep_dask.cli import main
+    from mlaas4hep_dask.cli._main import main
 
     repo = Repository(tmp_path / "repo")
     repo.add("batch", pack(runs["torch"]))
@@ -641,7 +641,7 @@ def test_export_writes_a_triton_model_repository_entry(runs: dict[str, Path], tm
 
     import onnxruntime
 
-    from mlaas4hep_dask.cli import main
+    from mlaas4hep_dask.cli._main import main
 
     repo = tmp_path / "triton"
     for _ in range(2):

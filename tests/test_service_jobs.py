@@ -50,7 +50,7 @@ def cluster() -> Iterator[Any]:
     """The shared cluster; with sandboxed jobs, one that takes only peers with its TLS certificate."""
     from distributed import Client
 
-    from mlaas4hep_dask.cluster import local_cluster
+    from mlaas4hep_dask.scale._cluster import local_cluster
 
     cluster = local_cluster(n_workers=2, secure=NO_SANDBOX is None)
     with Client(cluster) as client:
@@ -554,7 +554,10 @@ def test_sandboxed_jobs_refuse_a_scheduler_that_takes_anyone(tmp_path: Path) -> 
         address = open_one.scheduler_address
         args = ["service", "--insecure-dev", "--workdir", str(tmp_path / "w"), "--scheduler", address]
         refused = subprocess.run(
-            [sys.executable, "-m", "mlaas4hep_dask.cli", *args], capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "mlaas4hep_dask.cli._main", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert refused.returncode == 2, refused.stderr
     assert f"the Dask scheduler {address} takes connections without credentials" in refused.stderr
@@ -733,7 +736,7 @@ def test_a_second_service_on_a_held_work_dir_exits_2_and_the_first_ones_job_fini
     alice.wait(job, {"running", *TERMINAL_STATES})
     args = _args(issuer, cluster, generated[0].parent, service.workdir / "models")
     second = subprocess.run(
-        [sys.executable, "-m", "mlaas4hep_dask.cli", "service", "--workdir", str(service.workdir), *args],
+        [sys.executable, "-m", "mlaas4hep_dask.cli._main", "service", "--workdir", str(service.workdir), *args],
         capture_output=True, text=True, timeout=120, env={**os.environ, **_credentials(cluster, service.workdir)},
     )  # fmt: skip
     assert second.returncode == 2, second.stderr

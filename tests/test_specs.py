@@ -8,10 +8,10 @@ import pytest
 import uproot
 
 import mlaas4hep_dask as m
-from mlaas4hep_dask.cluster import compute
 from mlaas4hep_dask.generate import generate
-from mlaas4hep_dask.io import open_dataset
-from mlaas4hep_dask.specs import build_specs_graph
+from mlaas4hep_dask.handle._specs import build_specs_graph
+from mlaas4hep_dask.read._dataset import open_dataset
+from mlaas4hep_dask.scale._cluster import compute
 
 from ._reference import assert_branch_matches, branch_stats, read_all
 
@@ -184,7 +184,7 @@ def test_all_empty_jagged_branch(tmp_path: Path) -> None:
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_local_cluster_gives_identical_specs(generated: list[Path]) -> None:
-    from mlaas4hep_dask.cluster import connect
+    from mlaas4hep_dask.scale._cluster import connect
 
     reference = m.compute_specs(generated, {"chunk_size": 500}, client="sync")
     with connect("local", n_workers=2) as client:
@@ -235,8 +235,8 @@ def test_original_specs_in_flat_then_jagged_order_are_put_in_the_trees(
 
 
 def test_branch_selection_by_names_and_globs() -> None:
-    from mlaas4hep_dask._branches import Branch, select_branches
     from mlaas4hep_dask.errors import SchemaError
+    from mlaas4hep_dask.read._branches import Branch, select_branches
 
     names = ["jet_pt", "jet_eta", "jetE", "mu_pt", "mu_eta", "el_pt", "MET", "run", "bad"]
     classified: dict[str, Branch | str] = {n: Branch(n, "flat", "float32") for n in names}
@@ -262,7 +262,7 @@ def test_inspection_of_a_local_file_is_reused_until_it_changes(
 ) -> None:
     import numpy as np
 
-    from mlaas4hep_dask import io
+    from mlaas4hep_dask.read import _dataset as io
 
     path = tmp_path / "a.root"
     with uproot.recreate(path) as fout:
@@ -286,7 +286,7 @@ def test_inspection_of_a_local_file_is_reused_until_it_changes(
 
 
 def test_inspections_held_within_their_memory_budget(generated: list[Path]) -> None:
-    from mlaas4hep_dask import io
+    from mlaas4hep_dask.read import _dataset as io
 
     found = io._inspect_file(str(generated[0]), str(generated[0]), m.load_params({}))
     held = io._Inspections(budget=1)

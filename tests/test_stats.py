@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlaas4hep_dask._apportion import apportion
-from mlaas4hep_dask._stats import StatsOfPartition, combine
+from mlaas4hep_dask.handle._stats import StatsOfPartition, combine
+from mlaas4hep_dask.read._apportion import apportion
 
 floats = st.one_of(
     st.floats(min_value=-1e6, max_value=1e6, width=32),

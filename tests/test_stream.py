@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import mlaas4hep_dask as m
+from mlaas4hep_dask.batches._loader import BatchLoader, plan_chunks
 from mlaas4hep_dask.generate import generate
-from mlaas4hep_dask.stream import BatchLoader, plan_chunks
 
 from ._reference import read_all
 
@@ -190,8 +190,8 @@ def _scheduler_gathers(dask_scheduler: object) -> int:
 def test_batches_come_straight_from_workers_on_this_machine(three: list[Path]) -> None:
     from distributed import Client
 
-    from mlaas4hep_dask._executors import _on_this_machine
-    from mlaas4hep_dask.cluster import local_cluster
+    from mlaas4hep_dask.batches._executors import _on_this_machine
+    from mlaas4hep_dask.scale._cluster import local_cluster
 
     reference = sorted(_ids(_loader(three, "validation", client="sync")))
     with local_cluster(2) as cluster:
@@ -311,7 +311,7 @@ def test_files_of_one_basket_are_read_once_for_all_epochs(tmp_path: Path) -> Non
 def test_the_loader_thread_raises_errors_and_stops_with_its_consumer(three: list[Path]) -> None:
     import threading
 
-    from mlaas4hep_dask.stream import _ahead
+    from mlaas4hep_dask.batches._loader import _ahead
 
     def broken() -> object:
         yield 1
@@ -335,7 +335,7 @@ def test_the_loader_thread_raises_errors_and_stops_with_its_consumer(three: list
 def test_where_the_workers_are_is_asked_at_most_every_recheck_seconds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from mlaas4hep_dask import _executors
+    from mlaas4hep_dask.batches import _executors as _executors
 
     class Client:  # what the executor reads of a distributed.Client
         direct_to_workers = None

@@ -10,8 +10,8 @@ import pytest
 import uproot
 
 import mlaas4hep_dask as m
-from mlaas4hep_dask.stream import BatchLoader
-from mlaas4hep_dask.tensorize import Layout, split_codes
+from mlaas4hep_dask.batches._loader import BatchLoader
+from mlaas4hep_dask.handle._tensorize import Layout, split_codes
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,7 @@ def _reference_order(n: int, key: int) -> np.ndarray:
 
 
 def test_chunk_shuffle_is_a_seeded_fisher_yates_permutation() -> None:
-    from mlaas4hep_dask.tensorize import Chunk
+    from mlaas4hep_dask.handle._tensorize import Chunk
 
     layout = Layout(("a",), (("v", 2),), False, {"a": 0.0, "v": 0.0}, {"a": 1.0, "v": 1.0})
     n = 1000
@@ -278,7 +278,7 @@ def test_chunk_shuffle_is_a_seeded_fisher_yates_permutation() -> None:
 
 
 def test_chunk_shuffle_puts_every_row_anywhere_equally_often() -> None:
-    from mlaas4hep_dask._kernels import shuffled_order
+    from mlaas4hep_dask.read._kernels import shuffled_order
 
     trials, n = 60_000, 5
     where = np.zeros((n, n))

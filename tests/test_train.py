@@ -11,8 +11,8 @@ import pytest
 import uproot
 
 import mlaas4hep_dask as m
-from mlaas4hep_dask.bundle import load_bundle
-from mlaas4hep_dask.cli import main
+from mlaas4hep_dask.bundle._bundle import load_bundle
+from mlaas4hep_dask.cli._main import main
 from mlaas4hep_dask.generate import generate
 from mlaas4hep_dask.train import ModelFileError, train
 
@@ -111,7 +111,7 @@ def test_runs_are_reproducible(data: list[Path], tmp_path: Path) -> None:
 def test_xgboost_dask_trains_on_two_workers_without_gathering(data: list[Path], tmp_path: Path) -> None:
     from distributed import Client, get_task_stream
 
-    from mlaas4hep_dask.cluster import local_cluster
+    from mlaas4hep_dask.scale._cluster import local_cluster
 
     with local_cluster(2) as cluster, Client(cluster) as client, get_task_stream(client) as stream:
         run = train(
@@ -269,7 +269,7 @@ def test_a_full_disk_under_out_leaves_no_run_that_looks_complete(data: list[Path
     params = tmp_path / "params.json"
     params.write_text(json.dumps({**PARAMS, "epochs": 1}))
     train_cmd = [
-        sys.executable, "-m", "mlaas4hep_dask.cli", "train", "--files", files, "--labels", "1,0,1,0",
+        sys.executable, "-m", "mlaas4hep_dask.cli._main", "train", "--files", files, "--labels", "1,0,1,0",
         "--model", str(MODELS / "sklearn_model.py"), "--params", str(params), "--out", "/out/run",
         "--cluster", "threads", "-q",
     ]  # fmt: skip

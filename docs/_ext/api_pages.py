@@ -15,24 +15,17 @@ MODULES = (
     "mlaas4hep_dask",
     "mlaas4hep_dask.errors",
     "mlaas4hep_dask.config",
-    "mlaas4hep_dask.samples",
-    "mlaas4hep_dask.io",
-    "mlaas4hep_dask.expressions",
-    "mlaas4hep_dask.preprocess",
-    "mlaas4hep_dask.specs",
-    "mlaas4hep_dask.tensorize",
-    "mlaas4hep_dask.stream",
+    "mlaas4hep_dask.read",
+    "mlaas4hep_dask.handle",
+    "mlaas4hep_dask.batches",
     "mlaas4hep_dask.train",
     "mlaas4hep_dask.bundle",
-    "mlaas4hep_dask.onnx_export",
-    "mlaas4hep_dask.plots",
     "mlaas4hep_dask.serve",
     "mlaas4hep_dask.serve.repository",
     "mlaas4hep_dask.serve.batch",
     "mlaas4hep_dask.service",
     "mlaas4hep_dask.service.sandbox",
-    "mlaas4hep_dask.cluster",
-    "mlaas4hep_dask.campaign",
+    "mlaas4hep_dask.scale",
     "mlaas4hep_dask.generate",
 )
 
@@ -45,7 +38,7 @@ def public_names(module: str) -> list[str]:
 def documented() -> dict[str, list[str]]:
     """The names each module's page documents: every public object once, on the page of the
     first module in :data:`MODULES` that exports it (``mlaas4hep_dask.Specs``, not also
-    ``mlaas4hep_dask.specs.Specs``)."""
+    ``mlaas4hep_dask.handle._specs.Specs``)."""
     seen: set[object] = set()
     pages: dict[str, list[str]] = {}
     for module in MODULES:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .repository import BundleError, ModelInfo, ModelNotFoundError, Repository, pack
+from mlaas4hep_dask.serve.repository import BundleError, ModelInfo, ModelNotFoundError, Repository, pack
 
 __all__ = ["BundleError", "ModelInfo", "ModelNotFoundError", "Repository", "pack"]

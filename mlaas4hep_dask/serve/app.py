@@ -47,7 +47,7 @@ from prometheus_client import (
 from mlaas4hep_dask._http import body as _body_doc
 from mlaas4hep_dask._http import error as _error
 from mlaas4hep_dask._http import offline_docs, refuse_deep_json
-from mlaas4hep_dask.bundle import Bundle
+from mlaas4hep_dask.bundle._bundle import Bundle
 from mlaas4hep_dask.errors import MLaaSError
 from mlaas4hep_dask.serve._batcher import Batcher, Overloaded
 from mlaas4hep_dask.serve._events import (

@@ -30,11 +30,11 @@ from typing import Any
 import awkward as ak
 import numpy as np
 
-from mlaas4hep_dask.bundle import Bundle, load_bundle
-from mlaas4hep_dask.cluster import compute
+from mlaas4hep_dask._compute import compute
+from mlaas4hep_dask.bundle._bundle import Bundle, load_bundle
 from mlaas4hep_dask.errors import ConfigError
-from mlaas4hep_dask.io import open_dataset
-from mlaas4hep_dask.preprocess import make_plan
+from mlaas4hep_dask.handle._preprocess import make_plan
+from mlaas4hep_dask.read._dataset import open_dataset
 
 __all__ = ["predict_files", "resolve_model"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mlaas4hep_dask._tarball import UnsafeArchiveError, pack, unpack
-from mlaas4hep_dask.bundle import Bundle, load_bundle
+from mlaas4hep_dask.bundle._bundle import Bundle, load_bundle
 from mlaas4hep_dask.errors import MLaaSError, SchemaError
 
 __all__ = [

@@ -8,10 +8,10 @@ in SQLite/PostgreSQL), :mod:`.runner` (dispatch on Dask), ``._job`` (the task on
 
 from __future__ import annotations
 
-from .auth import Authenticator, AuthError, ForbiddenError, OIDCVerifier, Principal
-from .config import ServiceConfig
-from .store import Job, JobStore
-from .submission import Submission, SubmissionError
+from mlaas4hep_dask.service.auth import Authenticator, AuthError, ForbiddenError, OIDCVerifier, Principal
+from mlaas4hep_dask.service.config import ServiceConfig
+from mlaas4hep_dask.service.store import Job, JobStore
+from mlaas4hep_dask.service.submission import Submission, SubmissionError
 
 __all__ = [
     "AuthError",

@@ -185,7 +185,7 @@ def run_job(job_id: str, spec: dict[str, Any], extra: dict[str, bytes]) -> dict[
             args += ["--scheduler", worker.scheduler.address]
             env["DASK_MLAAS4HEP__CLUSTER__DIRECT_TO_WORKERS"] = "true"  # a worker reaches the other workers
             env.update(credentials)
-            cmd = [sys.executable, "-m", "mlaas4hep_dask.service._child", *args]
+            cmd = [sys.executable, "-m", "mlaas4hep_dask.cli._child", *args]
             where = f"on the cluster of scheduler {worker.scheduler.address}"
         emit(line=f"[service] running on worker {worker.address}, {where}")
         emit(progress=0.0, phase="starting")

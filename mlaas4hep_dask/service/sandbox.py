@@ -5,7 +5,7 @@ its child process is started through Debian's ``bubblewrap`` (``bwrap``) as:
 
 - **a user of its own**: an unprivileged uid per job (``JOB_UIDS``; no account is needed), with
   no supplementary groups and umask 077.  The child drops to it itself
-  (``mlaas4hep_dask.service._child --as UID``) after the sandbox is built, so the worker
+  (``mlaas4hep_dask.cli._child --as UID``) after the sandbox is built, so the worker
   may run as root (needed to switch users) while the job never does;
 - **a view of the disk of its own**: the system directories and the Python environment
   read-only, its job folder read-write, a private ``/tmp``, the service's data roots
@@ -135,7 +135,7 @@ def environment(base: Mapping[str, str], folder: Path) -> dict[str, str]:
 
 def _child(args: Sequence[str], uid: int, limits: Limits) -> list[str]:
     """The job's process: it sets its limits and drops to ``uid`` before anything else."""
-    child = [sys.executable, "-m", "mlaas4hep_dask.service._child"]
+    child = [sys.executable, "-m", "mlaas4hep_dask.cli._child"]
     return [*child, "--as", str(uid), "--limits", json.dumps(dataclasses.asdict(limits)), *args]
 
 
@@ -194,7 +194,7 @@ class Sandbox:
         limits: Limits,
         gpu: bool = False,
     ) -> list[str]:
-        """The command that runs ``python -m mlaas4hep_dask.service._child ARGS`` in the sandbox.
+        """The command that runs ``python -m mlaas4hep_dask.cli._child ARGS`` in the sandbox.
 
         Parameters
         ----------

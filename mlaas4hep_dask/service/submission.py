@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal
 from dask.utils import parse_bytes
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mlaas4hep_dask.config import Params, load_labels, parse_json
+from mlaas4hep_dask.config._files import parse_json
+from mlaas4hep_dask.config._params import Params, load_labels
 from mlaas4hep_dask.errors import ConfigError, MLaaSError
-from mlaas4hep_dask.preprocess import load_preproc
+from mlaas4hep_dask.handle._preprocess import load_preproc
 from mlaas4hep_dask.service.config import ServiceConfig
 
 __all__ = ["NAME_PATTERN", "Resources", "Submission", "SubmissionError", "job_spec"]

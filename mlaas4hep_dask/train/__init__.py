@@ -9,7 +9,6 @@ model.py takes over the training loop; it gets the train and validation
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import shutil
@@ -19,17 +18,27 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mlaas4hep_dask._executors import Distributed
-from mlaas4hep_dask.config import Params, load_params
+from mlaas4hep_dask.batches._executors import Distributed
+from mlaas4hep_dask.batches._loader import BatchLoader
+from mlaas4hep_dask.config._params import Params, load_params
 from mlaas4hep_dask.errors import ConfigError, OutputError
-from mlaas4hep_dask.io import open_dataset
-from mlaas4hep_dask.preprocess import Preproc, load_preproc
-from mlaas4hep_dask.specs import Specs, compute_specs
-from mlaas4hep_dask.stream import BatchLoader
-
-from ._common import OVERTRAINING_SAMPLE, EpochClock, Fitting, Task, Waited, collect, metrics, task_of
-from ._model_file import ModelFileError, build_model, detect_framework, load_model_file
-from ._parallel import Reports, train_on_workers
+from mlaas4hep_dask.fit._common import (
+    FRAMEWORKS,
+    OVERTRAINING_SAMPLE,
+    EpochClock,
+    Fitting,
+    Task,
+    Waited,
+    backend,
+    collect,
+    metrics,
+    task_of,
+)
+from mlaas4hep_dask.fit._model_file import ModelFileError, build_model, detect_framework, load_model_file
+from mlaas4hep_dask.fit._parallel import Reports, train_on_workers
+from mlaas4hep_dask.handle._preprocess import Preproc, load_preproc
+from mlaas4hep_dask.handle._specs import Specs, compute_specs
+from mlaas4hep_dask.read._dataset import open_dataset
 
 __all__ = [
     "FRAMEWORKS",
@@ -43,8 +52,6 @@ __all__ = [
     "train",
 ]
 
-FRAMEWORKS = ("keras", "torch", "xgboost", "sklearn")
-
 _log = logging.getLogger("mlaas4hep_dask")
 
 
@@ -55,13 +62,6 @@ class Run:
     path: Path
     framework: str
     metrics: Mapping[str, Any]
-
-
-def backend(framework: str) -> ModuleType:
-    """The module that trains, predicts with, saves and loads ``framework`` models."""
-    if framework not in FRAMEWORKS:
-        raise ConfigError(f"unknown framework {framework!r}: one of {FRAMEWORKS}")
-    return importlib.import_module(f".{framework}", __name__)
 
 
 def _device(framework: str, device: str) -> str:
@@ -204,7 +204,7 @@ def train(
     out
         Run directory (default ``runs/<model>-<time>``).
     client
-        A ``distributed.Client`` or a scheduler name (see :func:`~mlaas4hep_dask.cluster.connect`).
+        A ``distributed.Client`` or a scheduler name (see :func:`~mlaas4hep_dask.scale._cluster.connect`).
     device
         ``"auto"`` (a GPU when there is one), ``"cpu"`` or ``"cuda"``.
     progress
@@ -214,7 +214,7 @@ def train(
         ``log_every`` seconds to the ``mlaas4hep_dask`` logger (for batch jobs and the service).
     trainers
         Data-parallel trainers on the Dask workers (default: ``params.trainers``); see
-        :class:`~mlaas4hep_dask.config.Params`.
+        :class:`~mlaas4hep_dask.config._params.Params`.
     resume
         A run directory whose training stopped: continue from its last checkpoint with the
         inputs recorded in its ``run.json`` (``files``, ``model`` and the rest are not given).
@@ -231,11 +231,10 @@ def train(
     >>> run.metrics["final"]["val_auc"]  # doctest: +SKIP
     0.83
     """
-    from mlaas4hep_dask.bundle import write_bundle
-    from mlaas4hep_dask.onnx_export import export_onnx
-    from mlaas4hep_dask.plots import write_plots
-
-    from ._checkpoint import read_checkpoint, read_record, write_checkpoint, write_record
+    from mlaas4hep_dask.bundle._bundle import write_bundle
+    from mlaas4hep_dask.bundle._onnx import export_onnx
+    from mlaas4hep_dask.bundle._plots import write_plots
+    from mlaas4hep_dask.fit._checkpoint import read_checkpoint, read_record, write_checkpoint, write_record
 
     start_point = None
     if resume is not None:

@@ -1,0 +1,23 @@
+"""Training batches: the BatchLoader (proportional mixing, shuffling, splits, prefetch), where it computes."""
+
+from __future__ import annotations
+
+from mlaas4hep_dask._lazy import exports
+
+__all__ = [
+    "BatchLoader",
+    "deal",
+    "Piece",
+    "plan_chunks",
+    "Shard",
+]
+
+_WHERE = {
+    "BatchLoader": "_loader",
+    "deal": "_loader",
+    "Piece": "_loader",
+    "plan_chunks": "_loader",
+    "Shard": "_loader",
+}
+
+__getattr__, __dir__ = exports(__name__, _WHERE)
