@@ -262,7 +262,7 @@ def test_inspection_of_a_local_file_is_reused_until_it_changes(
 ) -> None:
     import numpy as np
 
-    from mlaas4hep_dask.read import _dataset as io
+    from mlaas4hep_dask.read import _inspect as io
 
     path = tmp_path / "a.root"
     with uproot.recreate(path) as fout:
@@ -286,7 +286,7 @@ def test_inspection_of_a_local_file_is_reused_until_it_changes(
 
 
 def test_inspections_held_within_their_memory_budget(generated: list[Path]) -> None:
-    from mlaas4hep_dask.read import _dataset as io
+    from mlaas4hep_dask.read import _inspect as io
 
     found = io._inspect_file(str(generated[0]), str(generated[0]), m.load_params({}))
     held = io._Inspections(budget=1)

@@ -311,13 +311,13 @@ def test_files_of_one_basket_are_read_once_for_all_epochs(tmp_path: Path) -> Non
 def test_the_loader_thread_raises_errors_and_stops_with_its_consumer(three: list[Path]) -> None:
     import threading
 
-    from mlaas4hep_dask.batches._loader import _ahead
+    from mlaas4hep_dask.batches._pipeline import read_ahead
 
     def broken() -> object:
         yield 1
         raise OSError("basket 3 of a.root is damaged")
 
-    got = _ahead(broken())
+    got = read_ahead(broken())
     assert next(got) == 1
     with pytest.raises(OSError, match="basket 3"):
         next(got)

@@ -14,10 +14,10 @@ __all__ = [
 
 _WHERE = {
     "BatchLoader": "_loader",
-    "deal": "_loader",
-    "Piece": "_loader",
-    "plan_chunks": "_loader",
-    "Shard": "_loader",
+    "deal": "_plan",
+    "Piece": "_plan",
+    "plan_chunks": "_plan",
+    "Shard": "_plan",
 }
 
 __getattr__, __dir__ = exports(__name__, _WHERE)

@@ -18,23 +18,12 @@ How an epoch is put together:
    ``params.epochs``): epochs follow each other without a pause to refill.
 4. Each chunk is shuffled (seeded by seed and epoch) and cut into batches of ``batch_size``;
    the remainder of a chunk starts the next batch, so only the last batch of an epoch is short.
-
-Data-parallel trainers (:meth:`BatchLoader.shards`) each get a :class:`Shard`: of every file,
-the events ``[n_f r / N, n_f (r+1) / N)`` of the split for rank ``r`` of ``N`` (so each rank's
-chunks keep the class balance of the whole set), shuffled by (seed, epoch, rank).  A step's
-``batch_size`` is split over the ranks (``b = ceil(batch_size / N)`` each), and all ranks run
-the same number of steps ``S = ceil(max_r n_r / b)``: rank ``r`` cuts its ``n_r``
-events into ``S`` batches whose sizes differ by at most one event.  No event is dropped or
-repeated, and no rank waits in a collective for one that ran out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import queue
-import threading
-import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -43,10 +32,15 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_dask._compute import compute
+from mlaas4hep_dask.batches._checks import check_specs
 from mlaas4hep_dask.batches._executors import Distributed, executor
+from mlaas4hep_dask.batches._frameworks import dmatrix, tf_dataset, torch_batches
+from mlaas4hep_dask.batches._partitioning import partition_step, sample_scales
+from mlaas4hep_dask.batches._pipeline import give_back, read_ahead, shuffled
+from mlaas4hep_dask.batches._plan import Piece, Shard, batch_sizes, deal, plan_chunks
 from mlaas4hep_dask.config._params import Params, load_labels, load_params
-from mlaas4hep_dask.errors import ConfigError, SpecsError
-from mlaas4hep_dask.handle._preprocess import Plan, Preproc, load_preproc, make_plan
+from mlaas4hep_dask.errors import ConfigError
+from mlaas4hep_dask.handle._preprocess import Preproc, load_preproc, make_plan
 from mlaas4hep_dask.handle._specs import Specs
 from mlaas4hep_dask.handle._tensorize import Block, Chunk, Layout, Packed, RowBuffers, Tensorize, split_codes
 from mlaas4hep_dask.handle._weights import WeightScale, scale_of
@@ -55,265 +49,7 @@ from mlaas4hep_dask.read._dataset import Dataset, open_dataset
 __all__ = ["BatchLoader", "Piece", "Shard", "deal", "plan_chunks"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Piece:
-    """Events ``[lo, hi)`` (in split order) of partition ``partition`` go into a chunk."""
-
-    partition: int
-    lo: int
-    hi: int
-
-
-def plan_chunks(counts: Sequence[int], files: Sequence[int], chunk_size: int) -> list[list[Piece]]:
-    """Compose chunks from per-partition event counts so that every chunk mixes the files.
-
-    Parameters
-    ----------
-    counts
-        Events (of the split) in each partition, in partition order.
-    files
-        The file index of each partition; a file's partitions are consecutive and in order.
-    chunk_size
-        Target events per chunk (``-1``: one chunk).
-
-    Examples
-    --------
-    >>> [[(p.partition, p.lo, p.hi) for p in c] for c in plan_chunks([6, 4, 10], [0, 0, 1], 10)]
-    [[(0, 0, 5), (2, 0, 5)], [(0, 5, 6), (1, 0, 4), (2, 5, 10)]]
-    """
-    total = sum(counts)
-    if total == 0:
-        return []
-    nchunks = 1 if chunk_size == -1 else max(1, math.ceil(total / chunk_size))
-    return _slices(counts, files, nchunks)
-
-
-def _slices(counts: Sequence[int], files: Sequence[int], k: int) -> list[list[Piece]]:
-    """Cut every file's events into ``k`` equal contiguous slices; slice ``i`` of each goes to list ``i``."""
-    by_file: dict[int, list[int]] = {}
-    for p, f in enumerate(files):
-        by_file.setdefault(f, []).append(p)
-    out: list[list[Piece]] = [[] for _ in range(k)]
-    for parts in by_file.values():
-        n = sum(counts[p] for p in parts)
-        starts = np.cumsum([0] + [counts[p] for p in parts])
-        for i in range(k):
-            lo, hi = n * i // k, n * (i + 1) // k
-            for j, p in enumerate(parts):
-                a, b = max(lo, starts[j]), min(hi, starts[j + 1])
-                if a < b:
-                    out[i].append(Piece(p, int(a - starts[j]), int(b - starts[j])))
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """One data-parallel trainer's share of a split.
-
-    Attributes
-    ----------
-    rank, world
-        This trainer and the number of trainers.
-    pieces
-        Events ``[lo, hi)`` (in split order) of partitions, in partition order.
-    counts
-        Events of the split in every partition (all ranks'), so that no rank counts again.
-    steps
-        Batches per epoch, the same on every rank.
-    scale
-        The training weights' factors, the same on every rank (see :attr:`BatchLoader.weight_scale`).
-    file_scale
-        Each file's weight factor from its sample's cross-section (see :attr:`BatchLoader.file_scale`).
-    """
-
-    rank: int
-    world: int
-    pieces: tuple[Piece, ...]
-    counts: tuple[int, ...]
-    steps: int
-    scale: WeightScale | None = None
-    file_scale: tuple[float, ...] | None = None
-
-    def __len__(self) -> int:
-        return sum(p.hi - p.lo for p in self.pieces)
-
-
-def deal(counts: Sequence[int], files: Sequence[int], world: int, batch_size: int) -> list[Shard]:
-    """Deal a split's events to ``world`` trainers: of every file, a contiguous equal share each.
-
-    Examples
-    --------
-    >>> a, b = deal([6, 4, 10], [0, 0, 1], 2, batch_size=4)
-    >>> [(p.partition, p.lo, p.hi) for p in a.pieces], [(p.partition, p.lo, p.hi) for p in b.pieces]
-    ([(0, 0, 5), (2, 0, 5)], [(0, 5, 6), (1, 0, 4), (2, 5, 10)])
-    >>> a.steps, len(a), len(b)
-    (3, 10, 10)
-    """
-    if world < 1:
-        raise ConfigError(f"the number of trainers must be at least 1, not {world}")
-    shares = _slices(counts, files, world)
-    for share in shares:
-        share.sort(key=lambda piece: piece.partition)
-    sizes = [sum(p.hi - p.lo for p in share) for share in shares]
-    steps = math.ceil(max(sizes) / batch_size) if sum(sizes) else 0
-    if min(sizes) < steps:
-        raise ConfigError(
-            f"{sum(sizes)} events are too few for {world} trainers at batch_size {batch_size}: "
-            "use fewer trainers"
-        )
-    return [Shard(r, world, tuple(share), tuple(counts), steps) for r, share in enumerate(shares)]
-
-
-def _batch_sizes(n: int, batch_size: int, steps: int | None) -> Iterator[int]:
-    """Sizes of an epoch's batches: ``batch_size`` and a short last one, or ``steps`` even ones."""
-    if steps is None:
-        yield from [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
-    else:
-        yield from (n * (i + 1) // steps - n * i // steps for i in range(steps))
-
-
-_MIN_STEP = 20_000
 _UNSET = object()  # the weight factors before the counting pass
-
-
-class _SumOf:
-    """Sum of one branch over a partition (for the samples' sums of weights)."""
-
-    def __init__(self, branch: str) -> None:
-        self.branch = branch
-
-    def __call__(self, partition: Any, file_index: int, start: int) -> float:
-        import awkward as ak
-
-        return float(np.sum(ak.to_numpy(partition[self.branch]), dtype=np.float64))
-
-
-def _ahead(items: Iterator[Any], depth: int = 1) -> Iterator[Any]:
-    """``items``, produced by a thread that keeps ``depth`` of them ready ahead of the consumer.
-
-    NumPy and the Dask client release the GIL while they copy and wait, so the next chunk is
-    gathered and shuffled while the trainer computes.  An error in the thread is raised to the
-    consumer; a consumer that stops early stops the thread at its next item.
-    """
-    box: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(kind: str, value: Any) -> bool:
-        while not stop.is_set():
-            try:
-                box.put((kind, value), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put("item", item):
-                    break
-            else:
-                put("end", None)
-        except BaseException as err:  # raised again in the consumer
-            put("error", err)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=produce, name="mlaas4hep-loader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = box.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-
-
-def _shuffled(chunks: Iterator[Chunk], buffers: RowBuffers) -> Iterator[Block]:
-    """Each chunk's rows in the order of use; stopping early stops ``chunks`` (and its thread)."""
-    try:
-        for chunk in chunks:
-            yield chunk.rows(0, len(chunk))
-            _done(chunk, buffers)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-
-
-def _done(chunk: Chunk, buffers: RowBuffers) -> None:
-    """Its consumer is done with ``chunk``: a shuffled chunk's rows (only ever handed out as
-    gathered copies) are written over by a later chunk."""
-    if chunk.order is not None:
-        buffers.put(chunk.block.X)
-
-
-def _partition_step(chunk_size: int, nfiles: int) -> int:
-    """Entries per loader partition.
-
-    A chunk takes about ``chunk_size / nfiles`` events of every file, and each file's current
-    partition stays in memory until consumed; partitions of twice that keep memory near two
-    chunks whatever the number of files (but not below 20 000 entries, where task overhead
-    would dominate).
-    """
-    if chunk_size == -1:
-        return -1
-    return min(chunk_size, max(2 * math.ceil(chunk_size / nfiles), _MIN_STEP))
-
-
-def _check_specs(specs: Specs, plan: Plan, recipe: Preproc | None, dataset: Dataset) -> Specs:
-    """Refuse specs that do not describe these inputs after this preprocessing.
-
-    Specs of the original tool list the flat branches, then the jagged ones: they are put in
-    the tree's order (with a warning saying what moved); ours must match it already.
-    """
-    ours: dict[str, str] = {n: b.kind for n, b in plan.branches.items()}
-    theirs = {n: b.kind for n, b in specs.branches.items()}
-    if specs.from_original_tool and ours == theirs and list(ours) != list(theirs):
-        moved = [n for n, o in zip(ours, theirs, strict=True) if n != o]
-        warnings.warn(
-            f"the original tool's specs list their branches in another order: {len(moved)} put in the "
-            f"tree's order ({', '.join(moved[:6])}{', ...' if len(moved) > 6 else ''})",
-            UserWarning,
-            stacklevel=3,
-        )
-        specs = dataclasses.replace(specs, branches={n: specs.branches[n] for n in ours})
-        theirs = ours
-    if ours != theirs or list(ours) != list(theirs):
-        missing = [n for n in theirs if n not in ours]
-        extra = [n for n in ours if n not in theirs]
-        detail = (
-            f"in the specs only: {missing[:5]}; in the data only: {extra[:5]}"
-            if missing or extra
-            else "order or kinds differ"
-        )
-        raise SpecsError(
-            f"the specs do not describe these inputs after preprocessing ({detail}): "
-            "compute the specs again with the same files, params.json and preproc.json"
-        )
-    recorded = (specs.preproc or {}).get("definition")
-    current = dict(recipe.source) if recipe is not None else None
-    if specs.from_original_tool:
-        if current:
-            warnings.warn(
-                "specs in the original tool's format do not say which preproc.json made them", stacklevel=3
-            )
-    elif recorded != current:
-        raise SpecsError("the specs were computed with a different preproc.json: compute them again")
-    spec_paths = [f.path for f in specs.files]
-    if spec_paths and spec_paths != [f.path for f in dataset.files]:
-        warnings.warn(
-            "the specs were computed on other input files: normalization uses their min/max",
-            UserWarning,
-            stacklevel=3,
-        )
-    return specs
 
 
 class BatchLoader:
@@ -367,9 +103,9 @@ class BatchLoader:
         dataset = open_dataset(files, self.params)
         extras = [b for b in (self.params.label_branch, self.params.weight_branch) if b]
         self.plan = make_plan(recipe, dataset.available, dataset.branches, extras)
-        step = _partition_step(self.params.chunk_size, len(dataset.files))
+        step = partition_step(self.params.chunk_size, len(dataset.files))
         self.dataset = dataset.with_step(step, self.plan.columns)
-        self.specs = _check_specs(self.specs, self.plan, recipe, self.dataset)
+        self.specs = check_specs(self.specs, self.plan, recipe, self.dataset)
         if labels is not None and self.params.label_branch is not None:
             raise ConfigError("give either labels (labels.txt) or 'label_branch' in params, not both")
         self.labels = load_labels(labels, len(self.dataset.files))
@@ -431,37 +167,7 @@ class BatchLoader:
         return self._file_scale  # type: ignore[return-value]
 
     def _scale_files(self) -> tuple[float, ...] | None:
-        samples = self.dataset.samples
-        if samples is None or not samples.scaled:
-            return None
-        of_file = samples.of_file
-        totals: dict[str, float] = {s.name: float(s.sum_weights) for s in samples.samples if s.sum_weights}
-        by_branch: dict[str | None, list[str]] = {}
-        for s in samples.samples:
-            if s.name not in totals:
-                by_branch.setdefault(s.sum_weights_branch or self.params.weight_branch, []).append(s.name)
-        partitions = self.dataset.partitions
-        for branch, names in by_branch.items():
-            if branch is None:  # no weights at all: the sample's number of events
-                values = [float(b - a) for _, a, b in partitions]
-            else:
-                if branch not in self.dataset.available:
-                    raise ConfigError(
-                        f"{samples.source}: the sum of weights of sample {names[0]!r} needs branch "
-                        f"{branch!r}, which the tree does not have"
-                    )
-                values = [float(v) for v in self._pass(_SumOf(branch), [branch])]
-            for (f, _, _), value in zip(partitions, values, strict=True):
-                if of_file[f].name in names:
-                    totals[of_file[f].name] = totals.get(of_file[f].name, 0.0) + value
-        lumi = float(samples.lumi or 0.0)
-        for s in samples.samples:
-            if totals.get(s.name, 0.0) <= 0:
-                raise ConfigError(
-                    f"{samples.source}: the weights of sample {s.name!r} sum to {totals.get(s.name, 0.0):g}: "
-                    "its events cannot be scaled to xsec * lumi; give 'sum_weights'"
-                )
-        return tuple(float(s.xsec) * lumi / totals[s.name] for s in of_file)  # type: ignore[arg-type]
+        return sample_scales(self.dataset, self.params, self._pass)
 
     @property
     def weighted(self) -> bool:
@@ -571,7 +277,7 @@ class BatchLoader:
         ``ahead`` (the train split, up to ``params.epochs``), the workers start on the next
         epoch's first chunks while this one's last are used.
         """
-        return _shuffled(self._epoch(shuffle, ahead), self._buffers)
+        return shuffled(self._epoch(shuffle, ahead), self._buffers)
 
     def _epoch(self, shuffle: bool | None = None, ahead: bool = True) -> Iterator[Chunk]:
         shuffle = self.params.shuffle if shuffle is None else shuffle
@@ -579,7 +285,7 @@ class BatchLoader:
         self.epoch += 1
         # the train split's next epoch starts reading while this one ends: no pause between epochs
         more = ahead and self.split == "train" and self.epoch < self.params.epochs
-        return _ahead(self._chunks(np.random.default_rng(seed), shuffle, more))
+        return read_ahead(self._chunks(np.random.default_rng(seed), shuffle, more))
 
     def _chunks(self, rng: np.random.Generator, shuffle: bool, more: bool) -> Iterator[Chunk]:
         """The epoch's chunks, its partitions asked for ``prefetch`` chunks ahead.
@@ -621,7 +327,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
         steps = None if self.shard is None else self.shard.steps
-        sizes = _batch_sizes(len(self), self.params.batch_size, steps)
+        sizes = batch_sizes(len(self), self.params.batch_size, steps)
         size = next(sizes, 0)
         parts: list[Block] = []  # the start of a batch that continues in the next chunk
         have = 0
@@ -635,7 +341,7 @@ class BatchLoader:
                 if have == size:
                     yield self._batch(parts[0] if len(parts) == 1 else Block.concatenate(parts))
                     parts, have, size = [], 0, next(sizes, 0)
-            _done(chunk, self._buffers)
+            give_back(chunk, self._buffers)
 
     def torch(self, device: str | None = None) -> Iterator[tuple[Any, ...]]:
         """One epoch of batches as ``torch.Tensor`` (sharing memory with NumPy; moved to ``device``).
@@ -645,53 +351,18 @@ class BatchLoader:
         >>> for X, y in loader.torch("cuda"):  # doctest: +SKIP
         ...     loss = loss_fn(net(X), y)
         """
-        import torch
-
-        for batch in self:
-            tensors = tuple(None if a is None else torch.from_numpy(a) for a in batch)
-            if device is not None:
-                tensors = tuple(None if t is None else t.to(device, non_blocking=True) for t in tensors)
-            yield tensors
+        return torch_batches(self, device)
 
     def tf_dataset(self) -> Any:
         """The stream as a ``tf.data.Dataset`` of ``(X, y[, w])`` batches (one epoch per iteration)."""
-        import tensorflow as tf
-
-        target = self._tensorize.target_dtype
-        if target is None:
-            raise ConfigError("a tf.data.Dataset of (X, y) needs targets: give labels or 'label_branch'")
-        signature: list[Any] = [tf.TensorSpec((None, self.idim), tf.float32), tf.TensorSpec((None,), target)]
-        if self.weighted:
-            signature.append(tf.TensorSpec((None,), tf.float32))
-        return tf.data.Dataset.from_generator(lambda: iter(self), output_signature=tuple(signature))
+        return tf_dataset(self)
 
     def dmatrix(self, ref: Any = None) -> Any:
         """An ``xgboost.QuantileDMatrix`` built chunk by chunk from the stream (never all at once).
 
         Chunks come unshuffled, so XGBoost's two passes over the data see the same rows.
         """
-        import xgboost
-
-        loader = self
-
-        class _Chunks(xgboost.DataIter):
-            def __init__(self) -> None:
-                super().__init__()
-                self.it: Iterator[Block] | None = None
-
-            def next(self, input_data: Any) -> bool:
-                if self.it is None:
-                    self.it = loader.iter_chunks(shuffle=False)
-                chunk = next(self.it, None)
-                if chunk is None:
-                    return False
-                input_data(data=chunk.X, label=chunk.y, weight=chunk.w)
-                return True
-
-            def reset(self) -> None:
-                self.it = None
-
-        return xgboost.QuantileDMatrix(_Chunks(), ref=ref)
+        return dmatrix(self, ref)
 
     def _batch(self, block: Block) -> tuple[np.ndarray, ...]:
         if block.w is not None:

@@ -13,8 +13,7 @@ workers or the order in which partitions are computed.
 from __future__ import annotations
 
 import dataclasses
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import awkward as ak
@@ -22,237 +21,14 @@ import numpy as np
 
 from mlaas4hep_dask.config._params import Params
 from mlaas4hep_dask.errors import ConfigError
+from mlaas4hep_dask.handle._layout import Layout, Packed, target_dtype, target_dtype_of
 from mlaas4hep_dask.handle._preprocess import Plan, passing
-from mlaas4hep_dask.handle._specs import Specs
+from mlaas4hep_dask.handle._rows import Block, Chunk, RowBuffers, take_rows
 from mlaas4hep_dask.handle._weights import WeightScale, sums
 
 __all__ = ["SPLITS", "Block", "Chunk", "Layout", "Packed", "RowBuffers", "Tensorize", "split_codes"]
 
 SPLITS = ("train", "validation", "test")
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """How an event becomes a row of X.
-
-    Attributes
-    ----------
-    flat
-        Flat branch names, in column order.
-    jagged
-        ``(name, slots)`` of each jagged branch, in column order.
-    counts
-        Whether a ``count(NAME)`` column follows for each jagged branch.
-    shift, scale
-        Per branch: a value ``x`` becomes ``(x - shift) / scale``.
-    pad_value, nan_value, drop_nonfinite
-        Padded slots; the replacement of NaN/inf, or dropping the event instead.
-    """
-
-    flat: tuple[str, ...]
-    jagged: tuple[tuple[str, int], ...]
-    counts: bool
-    shift: Mapping[str, float]
-    scale: Mapping[str, float]
-    pad_value: float = 0.0
-    nan_value: float = 0.0
-    drop_nonfinite: bool = False
-
-    @classmethod
-    def from_specs(cls, specs: Specs, params: Params) -> Layout:
-        """The layout for ``specs`` under ``params`` (normalization, caps, padding).
-
-        Examples
-        --------
-        >>> layout = Layout.from_specs(Specs.load("specs.json"), Params())  # doctest: +SKIP
-        >>> layout.features[:2], layout.idim  # doctest: +SKIP
-        (['nBJets', 'MET'], 116)
-        """
-        shift: dict[str, float] = {}
-        scale: dict[str, float] = {}
-        for name, b in specs.branches.items():
-            lo, width = 0.0, 1.0
-            if params.normalize == "minmax" and b.min is not None and b.max is not None:
-                lo, width = float(b.min), float(b.max) - float(b.min)
-            elif params.normalize == "standard" and b.mean is not None and b.std is not None:
-                lo, width = float(b.mean), float(b.std)
-            shift[name], scale[name] = lo, (width if width > 0 else 1.0)
-        cap = params.max_jagged
-        jagged = tuple(
-            (n, min(specs.branches[n].jdim or 0, cap) if cap is not None else specs.branches[n].jdim or 0)
-            for n in specs.jagged
-        )
-        return cls(
-            flat=tuple(specs.flat),
-            jagged=jagged,
-            counts=params.jagged_counts,
-            shift=shift,
-            scale=scale,
-            pad_value=params.pad_value,
-            nan_value=params.nan,
-            drop_nonfinite=params.nan_policy == "drop",
-        )
-
-    @property
-    def features(self) -> list[str]:
-        """Column names of X."""
-        out = list(self.flat)
-        for name, slots in self.jagged:
-            out.extend(f"{name}[{i}]" for i in range(slots))
-        if self.counts:
-            out.extend(f"count({name})" for name, _ in self.jagged)
-        return out
-
-    @property
-    def idim(self) -> int:
-        """Number of columns of X."""
-        return len(self.features)
-
-    def transform(self, record: ak.Array) -> tuple[np.ndarray, np.ndarray | None]:
-        """Rows of X for the events of ``record``, and which rows are kept (``None``: all).
-
-        Examples
-        --------
-        >>> layout = Layout(("a",), (("v", 2),), False, {"a": 0, "v": 0}, {"a": 2, "v": 10})
-        >>> layout.transform(ak.Array({"a": [2.0, 4.0], "v": [[10.0, 20.0, 30.0], []]}))[0]
-        array([[1., 1., 2.],
-               [2., 0., 0.]], dtype=float32)
-        """
-        return self.rows(*self.columns(record))
-
-    def columns(
-        self, record: ak.Array
-    ) -> tuple[int, dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-        """The events of ``record`` as :meth:`rows` and :meth:`pack` take them (no copy where possible)."""
-        return (
-            len(record),
-            {name: ak.to_numpy(record[name]) for name in self.flat},
-            {name: _lists(record[name]) for name, _ in self.jagged},
-        )
-
-    def rows(
-        self,
-        n: int,
-        flat_values: Mapping[str, np.ndarray],
-        lists: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`transform` of plain arrays: each flat branch's values, each jagged branch's
-        ``(starts, stops, content)``; the same compiled kernels, the same rows."""
-        packed = self.pack(n, flat_values, lists)
-        return self.unpacked(packed), packed.keep
-
-    def pack(
-        self,
-        n: int,
-        flat_values: Mapping[str, np.ndarray],
-        lists: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-    ) -> Packed:
-        """The events normalized but not padded (what a worker sends; see :class:`Packed`).
-
-        NaN and infinities (after normalization) are replaced by ``nan_value``, or their
-        events dropped with ``drop_nonfinite``; items past a list's slots are not kept, so
-        they are not looked at.
-        """
-        from mlaas4hep_dask.read._kernels import list_lengths, pack_lists
-
-        flat = np.empty((n, len(self.flat)), dtype=np.float32)
-        for c, name in enumerate(self.flat):
-            with np.errstate(all="ignore"):
-                np.subtract(flat_values[name], self.shift[name], out=flat[:, c], dtype=np.float32)
-                flat[:, c] *= np.float32(1.0 / self.scale[name])
-        finite = bool(np.isfinite(flat).all())
-        lengths = np.empty((n, len(self.jagged)), dtype=np.int32)
-        # lists may share items (picked by an index): count what is kept, never bound it by the content
-        counted = [
-            list_lengths(lengths[:, b], *lists[name][:2], width)
-            for b, (name, width) in enumerate(self.jagged)
-        ]
-        values = np.empty(sum(kept for kept, _ in counted), dtype=np.float32)
-        at = 0
-        for (name, width), (kept, whole) in zip(self.jagged, counted, strict=True):
-            first, last, content = lists[name]
-            shift, inv_scale = np.float32(self.shift[name]), np.float32(1.0 / self.scale[name])
-            content = content.astype(np.float32, copy=False)
-            finite &= pack_lists(values, at, first, last, content, shift, inv_scale, width, whole)
-            at += kept
-        packed = Packed(flat, lengths, values, None, None)
-        return packed if finite else self._mend(packed)
-
-    def _mend(self, packed: Packed) -> Packed:
-        """Replace the non-finite values by ``nan_value``, or drop their events."""
-        flat, values = packed.flat, packed.values
-        bad_values = ~np.isfinite(values)
-        if not self.drop_nonfinite:
-            flat[~np.isfinite(flat)] = np.float32(self.nan_value)
-            values[bad_values] = np.float32(self.nan_value)
-            return packed
-        n = len(flat)
-        kept_items = np.minimum(packed.lengths, [slots for _, slots in self.jagged]).astype(np.int64)
-        owner = np.repeat(np.tile(np.arange(n), kept_items.shape[1]), kept_items.T.ravel())
-        nonfinite = ~np.isfinite(flat).all(axis=1)
-        nonfinite[owner[bad_values]] = True
-        if not nonfinite.any():
-            return packed
-        keep = ~nonfinite
-        values = values[keep[owner]]
-        return Packed(flat[keep], packed.lengths[keep], values, None, None, keep)
-
-    def unpacked(self, packed: Packed) -> np.ndarray:
-        """All rows of X of ``packed``, in order."""
-        out = np.empty((len(packed), self.idim), dtype=np.float32)
-        self.unpack(packed, out, 0)
-        return out
-
-    def unpack(self, packed: Packed, out: np.ndarray, lo: int) -> None:
-        """Write rows of X to ``out``: row ``k`` from packed event ``lo + k``."""
-        from mlaas4hep_dask.read._kernels import unpack_rows
-
-        slots = np.array([slots for _, slots in self.jagged], dtype=np.int64)
-        args = (np.float32(self.pad_value), self.counts, lo)
-        unpack_rows(out, packed.flat, packed.lengths, packed.starts(slots), packed.values, slots, *args)
-
-
-@dataclasses.dataclass
-class Packed:
-    """The events of one partition for one split as the workers send them: normalized, not padded.
-
-    Attributes
-    ----------
-    flat
-        ``(n, flat branches)`` normalized float32 values.
-    lengths
-        ``(n, jagged branches)`` items of each list (before clipping to its slots).
-    values
-        Each jagged branch's items of every event, at most its slots per event, normalized,
-        one branch after the other.
-    y, w
-        Targets and weights (or ``None``).
-    keep
-        Which of the events given to :meth:`Layout.pack` are here (``None``: all).
-    """
-
-    flat: np.ndarray
-    lengths: np.ndarray
-    values: np.ndarray
-    y: np.ndarray | None
-    w: np.ndarray | None
-    keep: np.ndarray | None = None
-    _starts: np.ndarray | None = dataclasses.field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.flat)
-
-    def sent(self) -> tuple[np.ndarray | None, ...]:
-        """A plain tuple of arrays: distributed sends them without pickling (4x faster than an object)."""
-        return self.flat, self.lengths, self.values, self.y, self.w
-
-    def starts(self, slots: np.ndarray) -> np.ndarray:
-        """Where each event's items of each jagged branch begin in :attr:`values` (computed once)."""
-        if self._starts is None:
-            from mlaas4hep_dask.read._kernels import list_starts
-
-            self._starts = list_starts(self.lengths, slots.astype(np.int64))
-        return self._starts
 
 
 def split_codes(
@@ -273,166 +49,6 @@ def split_codes(
 
     key = np.uint64((file_index * 0x9E3779B97F4A7C15 + seed * 0xD1B54A32D192ED03) % 2**64)
     return split_hash(np.asarray(entries, dtype=np.int64), key, 1.0 - split, 1.0 - split * test_fraction)
-
-
-@dataclasses.dataclass
-class Block:
-    """The tensorized events of one partition for one split, in entry order."""
-
-    X: np.ndarray
-    y: np.ndarray | None
-    w: np.ndarray | None
-
-    def __len__(self) -> int:
-        return len(self.X)
-
-    def take(self, index: Any) -> Block:
-        """The rows at ``index`` (a slice: a view; a mask or positions: a copy)."""
-        return Block(_at(self.X, index), _take(self.y, index), _take(self.w, index))
-
-    @staticmethod
-    def concatenate(blocks: Sequence[Block]) -> Block:
-        """One block of all rows."""
-        return Block(
-            np.concatenate([b.X for b in blocks]),
-            None if blocks[0].y is None else np.concatenate([b.y for b in blocks]),
-            None if blocks[0].w is None else np.concatenate([b.w for b in blocks]),
-        )
-
-
-@dataclasses.dataclass
-class Chunk:
-    """A chunk's rows in the order they were read, and the order in which they are used.
-
-    Batches are taken row by row from here (``order[a:b]``): gathering whole rows costs a
-    third of scattering them into a shuffled copy of the chunk.
-
-    Attributes
-    ----------
-    block
-        The rows, in reading order.
-    order
-        Position ``j`` of the chunk is row ``order[j]`` of ``block`` (``None``: as read).
-    """
-
-    block: Block
-    order: np.ndarray | None
-
-    def __len__(self) -> int:
-        return len(self.block)
-
-    @classmethod
-    def assemble(
-        cls,
-        layout: Layout,
-        pieces: Sequence[tuple[Packed, int, int]],
-        rng: Any = None,
-        buffers: RowBuffers | None = None,
-    ) -> Chunk:
-        """Unpack events ``[lo, hi)`` of each packed partition into one chunk, shuffled by ``rng``.
-
-        With ``rng``, the chunk's position ``j`` is row ``order[j]`` of the rows in reading
-        order, ``order`` a uniformly random permutation drawn from ``rng`` (see
-        :func:`_order`).  The rows are written into one of ``buffers`` (a used chunk's,
-        returned by its consumer) when there is one.
-        """
-        n = sum(hi - lo for _, lo, hi in pieces)
-        X = buffers.get(n, layout.idim) if buffers is not None else np.empty((n, layout.idim), np.float32)
-        at = 0
-        for packed, lo, hi in pieces:
-            layout.unpack(packed, X[at : at + hi - lo], lo)
-            at += hi - lo
-        first = pieces[0][0] if pieces else None
-        y = None if first is None or first.y is None else np.concatenate([p.y[lo:hi] for p, lo, hi in pieces])  # type: ignore[index]
-        w = None if first is None or first.w is None else np.concatenate([p.w[lo:hi] for p, lo, hi in pieces])  # type: ignore[index]
-        return cls(Block(X, y, w), None if rng is None else _order(n, rng))
-
-    def rows(self, a: int, b: int) -> Block:
-        """Positions ``[a, b)`` of the chunk (a view when unshuffled, else a copy)."""
-        if self.order is None:
-            return self.block.take(slice(a, b))
-        return self.block.take(self.order[a:b])
-
-
-class RowBuffers:
-    """The row arrays of chunks their consumer is done with, for the next chunks to be written into.
-
-    A fresh array's pages are zeroed by the kernel when first written (about 10 % of a trainer's
-    time for ~30 MB chunks); a reused one's are not.  Only arrays that nothing else refers to
-    may be returned: the rows of shuffled chunks, whose batches are gathered copies.
-    Thread-safe (one thread assembles chunks while another consumes them).
-    """
-
-    def __init__(self, keep: int = 3) -> None:
-        self.keep = keep
-        self._free: list[np.ndarray] = []
-        self._lock = threading.Lock()
-
-    def get(self, n: int, width: int) -> np.ndarray:
-        """``(n, width)`` float32 rows, in a returned array when one is large enough."""
-        with self._lock:
-            for i, buffer in enumerate(self._free):
-                if buffer.shape[1] == width and len(buffer) >= n:
-                    return self._free.pop(i)[:n]
-        return np.empty((n, width), dtype=np.float32)
-
-    def put(self, rows: np.ndarray) -> None:
-        """Return ``rows`` (from :meth:`get`; nothing may use them any more)."""
-        whole = rows.base if isinstance(rows.base, np.ndarray) else rows
-        with self._lock:
-            if len(self._free) < self.keep:
-                self._free.append(whole)
-
-
-def _order(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random permutation of ``range(n)``, reproducible from ``rng``'s state.
-
-    One 64-bit draw of ``rng`` seeds a compiled Fisher-Yates shuffle (see
-    :func:`~mlaas4hep_dask.read._kernels.shuffled_order`; 1.5 ms where ``rng.permutation`` takes
-    5-7 ms per 200 000 rows); chunks of 2**32 rows or more, which no memory holds today, take
-    ``rng.permutation``.
-    """
-    from mlaas4hep_dask.read._kernels import shuffled_order
-
-    key = rng.integers(2**64, dtype=np.uint64)
-    return shuffled_order(n, key) if n < 2**32 else rng.permutation(n)
-
-
-def _lists(values: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``starts``, ``stops`` and ``content`` of a list-of-numbers array, without copying the content.
-
-    Lists as uproot reads them (and as cuts leave them, events picked by an index) are viewed
-    as they are; any other layout is flattened first, a missing list counting as empty and a
-    missing item as NaN.
-    """
-    layout = ak.to_layout(values)
-    index = None
-    if isinstance(layout, ak.contents.IndexedArray):  # events selected by cuts, lists untouched
-        index, layout = np.asarray(layout.index.data), layout.content
-    if (
-        isinstance(layout, (ak.contents.ListOffsetArray, ak.contents.ListArray))
-        and isinstance(layout.content, ak.contents.NumpyArray)
-        and layout.content.data.ndim == 1
-    ):
-        starts, stops = np.asarray(layout.starts.data), np.asarray(layout.stops.data)
-        if index is not None:
-            starts, stops = starts[index], stops[index]
-        return starts, stops, np.asarray(layout.content.data)
-    values = ak.fill_none(ak.fill_none(values, [], axis=0), np.nan, axis=-1)
-    counts = ak.to_numpy(ak.num(values, axis=1))
-    stops = np.cumsum(counts)
-    return stops - counts, stops, ak.to_numpy(ak.flatten(values, axis=1))
-
-
-def _at(values: np.ndarray, index: Any) -> np.ndarray:
-    """``values[index]``; positions are gathered with ``take`` (whole rows: 3x faster here)."""
-    if isinstance(index, np.ndarray) and index.dtype.kind in "iu":
-        return values.take(index, axis=0)
-    return values[index]
-
-
-def _take(values: np.ndarray | None, index: Any) -> np.ndarray | None:
-    return None if values is None else _at(values, index)
 
 
 class Tensorize:
@@ -487,9 +103,9 @@ class Tensorize:
         self.file_scale = None if file_scale is None else tuple(file_scale)
         self.target_dtype: np.dtype | None = None
         if self.label_branch is not None:
-            self.target_dtype = _target_dtype_of(np.dtype(plan.extras[self.label_branch].dtype))
+            self.target_dtype = target_dtype_of(np.dtype(plan.extras[self.label_branch].dtype))
         elif self.labels is not None:
-            self.target_dtype = np.dtype(_target_dtype(self.labels))
+            self.target_dtype = np.dtype(target_dtype(self.labels))
 
     def __call__(self, partition: ak.Array, file_index: int, start: int) -> tuple[Any, ...] | int:
         if self.count_only and not self.layout.drop_nonfinite:
@@ -511,7 +127,7 @@ class Tensorize:
             return len(packed)
         y, w = self._target(record, file_index), self._weight(record, file_index)
         if packed.keep is not None:
-            y, w = _take(y, packed.keep), _take(w, packed.keep)
+            y, w = take_rows(y, packed.keep), take_rows(w, packed.keep)
         if self.summing:
             return sums(y, w, self.classes)
         if self.scale is not None:
@@ -549,13 +165,3 @@ class Tensorize:
         if self.labels is None:
             return None
         return np.full(len(record), self.labels[file_index], dtype=self.target_dtype)
-
-
-def _target_dtype(values: np.ndarray) -> type:
-    """Integer classes stay integers (for cross-entropy losses); anything else is float32."""
-    return np.int64 if np.all(np.mod(values, 1) == 0) else np.float32
-
-
-def _target_dtype_of(dtype: np.dtype) -> np.dtype:
-    """Integer and bool label branches give int64 classes, the rest float32 targets."""
-    return np.dtype(np.int64) if dtype.kind in "biu" else np.dtype(np.float32)

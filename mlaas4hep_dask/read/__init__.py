@@ -13,9 +13,9 @@ __all__ = [
 
 _WHERE = {
     "Dataset": "_dataset",
-    "InputFile": "_dataset",
+    "InputFile": "_inspect",
     "open_dataset": "_dataset",
-    "resolve_path": "_dataset",
+    "resolve_path": "_sources",
 }
 
 __getattr__, __dir__ = exports(__name__, _WHERE)

@@ -52,7 +52,7 @@ def basket_layout(branch: Any) -> BasketLayout | None:
     nbytes = np.asarray(branch.member("fBasketBytes")[:normal], dtype=np.int64)
     embedded = [b.compressed_bytes for b in branch.embedded_baskets]
     nbytes = np.concatenate([nbytes, np.asarray(embedded, dtype=np.int64)])
-    for array in (offsets, nbytes):  # shared by every dataset that opens the file (io._Inspections)
+    for array in (offsets, nbytes):  # shared by every dataset that opens the file (read._inspect.INSPECTIONS)
         array.setflags(write=False)
     return BasketLayout(offsets, nbytes)
 
