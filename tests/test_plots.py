@@ -10,7 +10,7 @@ import pytest
 
 from mlaas4hep_dask.bundle._plots import roc_figure, scores_figure, training_figure
 from mlaas4hep_dask.handle._tensorize import Block
-from mlaas4hep_dask.train import _class_names
+from mlaas4hep_dask.train._outputs import class_names as _class_names
 
 
 def _block(rng: np.random.Generator, n: int, shift: float = 0.0) -> Block:

@@ -21,14 +21,11 @@ Every bad request gets a 4xx with ``{"error": "..."}`` naming the field; the ser
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import json
 import logging
-import time
 import zipfile
-from collections.abc import Callable, Hashable, Sequence, Sized
-from itertools import chain
+from collections.abc import Callable, Hashable, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -37,10 +34,6 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
     generate_latest,
 )
 
@@ -57,10 +50,11 @@ from mlaas4hep_dask.serve._events import (
     check_events,
     ignored_branches,
     prepare_columns,
-    prepare_events,
     prepare_inputs,
 )
 from mlaas4hep_dask.serve._kserve import decode_infer, infer_answer, model_metadata
+from mlaas4hep_dask.serve._metrics import Measured, Metrics
+from mlaas4hep_dask.serve._scoring import frozen_after_first, score_events, score_rows, scores_at
 from mlaas4hep_dask.serve.repository import (
     BundleError,
     ModelInfo,
@@ -74,77 +68,6 @@ __all__ = ["create_app"]
 _log = logging.getLogger("mlaas4hep_dask.serve")
 
 MAX_BODY = 64 * 2**20
-
-
-class _Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "mlaas4hep_requests", "Requests", ["route", "model", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "mlaas4hep_request_seconds", "Request latency", ["route", "model"], registry=self.registry
-        )
-        self.events = Counter(
-            "mlaas4hep_predicted_events", "Events scored", ["model"], registry=self.registry
-        )
-        self.queued = Histogram(
-            "mlaas4hep_queue_seconds", "Time a request waited for its batch", ["model"],
-            buckets=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0), registry=self.registry,
-        )  # fmt: skip
-        self.batch = Histogram(
-            "mlaas4hep_batch_events", "Events in the batch a request was scored in", ["model"],
-            buckets=tuple(2.0**k for k in range(0, 17, 2)), registry=self.registry,
-        )  # fmt: skip
-        self.in_flight = Gauge(
-            "mlaas4hep_in_flight_events", "Events queued or being scored", ["model"], registry=self.registry
-        )
-
-    def observe(self, key: Hashable, events: int, queued: float) -> None:
-        model = str(key[0]) if isinstance(key, tuple) else str(key)
-        self.queued.labels(model).observe(queued)
-        self.batch.labels(model).observe(events)
-
-
-def _scores(values: np.ndarray, positions: np.ndarray, n: int) -> list[Any]:
-    out: list[Any] = [None] * n
-    for position, value in zip(positions.tolist(), values.tolist(), strict=True):
-        out[position] = value
-    return out
-
-
-class _Measured:
-    """Refuses bodies over the limit (413) and counts every request (a plain ASGI middleware:
-    Starlette's ``BaseHTTPMiddleware`` costs more than scoring an event)."""
-
-    def __init__(self, app: Any, metrics: _Metrics, max_body: int) -> None:
-        self.app, self.metrics, self.max_body = app, metrics, max_body
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        size = dict(scope["headers"]).get(b"content-length", b"")
-        if size.isdigit() and int(size) > self.max_body:
-            limit = f"request body of {int(size)} bytes is over the limit of {self.max_body}"
-            await _error(413, limit)(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def sent(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sent)
-        finally:
-            path = getattr(scope.get("route"), "path", "unmatched")
-            model = scope.get("path_params", {}).get("name", "")
-            self.metrics.requests.labels(path, model, str(status)).inc()
-            self.metrics.latency.labels(path, model).observe(time.perf_counter() - start)
 
 
 _NUMBERS = {"type": "array", "items": {"type": "number"}}
@@ -198,55 +121,6 @@ _TFAAS_BODY = _body_doc(
 )
 
 
-def _score_events(bundle: Bundle, requests: Sequence[list[Any]]) -> list[Any]:
-    """Scores of each request's events, from one preparation and one model call for them all.
-
-    A request with a bad event fails alone: the batch is then scored request by request.
-    """
-    events = list(chain.from_iterable(requests))
-    try:
-        X, positions = prepare_events(bundle, events)
-    except MLaaSError as err:
-        if len(requests) == 1:
-            return [err]
-        return [_score_events(bundle, [request])[0] for request in requests]
-    values = bundle.predict_features(X) if len(X) else np.zeros((0,), np.float32)
-    return _per_request(_scores(values, positions, len(events)), requests)
-
-
-def _frozen_after_first(score: Callable[[Sequence[Any]], list[Any]]) -> Callable[[Sequence[Any]], list[Any]]:
-    """``score``, which moves every object alive out of the garbage collector's view after its
-    first call: the frameworks' millions of objects, the model's and those its first call
-    creates lazily.  Else the collector's full passes over them (tens of ms) land in the
-    latency of whichever request triggers one: the p99 of single events was 85 ms, 20 ms without.
-    """
-    first = True
-
-    def scored(requests: Sequence[Any]) -> list[Any]:
-        nonlocal first
-        results = score(requests)
-        if first:
-            first = False
-            # the young generations only: a full pass here (a second with the frameworks
-            # loaded) would stall every request; the old garbage it would free is small
-            gc.collect(1)
-            gc.freeze()
-        return results
-
-    return scored
-
-
-def _score_rows(bundle: Bundle, requests: Sequence[np.ndarray]) -> list[Any]:
-    """Scores of each request's prepared rows, from one model call for them all."""
-    return _per_request(bundle.predict_features(np.concatenate(requests)).tolist(), requests)
-
-
-def _per_request(scores: list[Any], requests: Sequence[Sized]) -> list[list[Any]]:
-    """The batch's scores cut back into each request's, in order."""
-    ends = np.cumsum([len(request) for request in requests]).tolist()
-    return [scores[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
-
-
 def create_app(
     repository: Repository,
     max_body: int = MAX_BODY,
@@ -265,7 +139,7 @@ def create_app(
     """
     app = FastAPI(title="mlaas4hep-dask inference", version="1", docs_url=None, redoc_url=None)
     offline_docs(app)
-    metrics = _Metrics()
+    metrics = Metrics()
     batcher = Batcher(max_batch_delay, max_batch_size, max_queue, observe=metrics.observe)
     scorers: dict[Hashable, tuple[Bundle, Callable[[Sequence[Any]], list[Any]]]] = {}
 
@@ -273,8 +147,8 @@ def create_app(
         """One scoring function per model version and kind (the batcher's queue follows it)."""
         known = scorers.get(key)
         if known is None or known[0] is not bundle:  # a version reloaded: a new queue
-            score = _score_events if kind == "events" else _score_rows
-            known = scorers[key] = (bundle, _frozen_after_first(lambda requests: score(bundle, requests)))
+            score = score_events if kind == "events" else score_rows
+            known = scorers[key] = (bundle, frozen_after_first(lambda requests: score(bundle, requests)))
         return known[1]
 
     if warm:
@@ -287,7 +161,7 @@ def create_app(
             except Exception as err:  # the server serves the others; this one fails when asked for
                 _log.warning("model %s version %d not warmed: %s", info.name, info.version, err)
 
-    app.add_middleware(_Measured, metrics=metrics, max_body=max_body)
+    app.add_middleware(Measured, metrics=metrics, max_body=max_body)
     refuse_deep_json(app)
 
     @app.exception_handler(MLaaSError)
@@ -401,7 +275,7 @@ def create_app(
             batcher.arriving -= 1
         if kind == "columns":  # prepared here: the batcher gets their rows
             rows = await _score(info, bundle, "inputs", X) if len(X) else []
-            scores = _scores(np.asarray(rows), positions, n)
+            scores = scores_at(np.asarray(rows), positions, n)
         else:
             scores = await _score(info, bundle, kind, payload)
         answer = {"model": info.name, "version": info.version, "scores": scores}
