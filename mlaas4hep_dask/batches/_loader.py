@@ -178,7 +178,7 @@ class BatchLoader:
     def weight_scale(self) -> WeightScale | None:
         """Factors from the physical weights to the training split's fit weights (``None``: as they are).
 
-        ``weight_norm`` and ``class_weight`` (see :class:`~mlaas4hep_dask.config._params.Params`); the
+        ``weight_norm`` and ``class_weight`` (see :class:`~mlaas4hep_dask.config.Params`); the
         other splits keep the physical weights, which the metrics use.  Computed with the
         counts, in the same pass.
         """
@@ -268,7 +268,7 @@ class BatchLoader:
         ]
 
     def iter_chunks(self, shuffle: bool | None = None, ahead: bool = True) -> Iterator[Block]:
-        """One epoch as chunks (each a :class:`~mlaas4hep_dask.handle._tensorize.Block`).
+        """One epoch as chunks (each a :class:`~mlaas4hep_dask.handle.Block`).
 
         Rows are shuffled within each chunk when ``shuffle`` (default: ``params.shuffle``);
         unshuffled passes give the same rows in the same order every time (evaluation,

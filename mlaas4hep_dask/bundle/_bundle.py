@@ -54,7 +54,7 @@ def write_bundle(
 ) -> Path:
     """Write params.json, preproc.json and bundle.json into ``run_dir`` (specs.json is there).
 
-    ``onnx`` is what :func:`~mlaas4hep_dask.bundle._onnx.export_onnx` recorded.
+    ``onnx`` is what :func:`~mlaas4hep_dask.bundle.export_onnx` recorded.
     """
     (run_dir / "params.json").write_text(json.dumps(params.to_dict(), indent=1) + "\n")
     if preproc is not None:

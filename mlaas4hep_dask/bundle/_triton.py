@@ -54,7 +54,7 @@ def export_triton(run_dir: str | Path, repository: str | Path, name: str | None 
             shutil.copyfile(Path(run_dir) / file, recipe / file)
     (recipe / "README.txt").write_text(
         "Prepared rows for this model come from raw events through the recipe here "
-        "(mlaas4hep_dask.bundle._bundle.load_bundle on a run directory holding these files).\n"
+        "(mlaas4hep_dask.bundle.load_bundle on a run directory holding these files).\n"
         + (
             f"The score of class 1 is column {record['column']} of '{record['output']}'.\n"
             if record.get("column") is not None

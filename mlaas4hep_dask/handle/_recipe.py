@@ -1,6 +1,6 @@
 """preproc.json as data: its sections, entries and cuts, parsed and checked for structure.
 
-Names are checked against a tree's branches later, by :func:`mlaas4hep_dask.handle._preprocess.make_plan`;
+Names are checked against a tree's branches later, by :func:`mlaas4hep_dask.handle.make_plan`;
 see that module for the semantics.
 """
 

@@ -289,7 +289,7 @@ def compute_specs(
     params
         ``params.json`` path, dict, :class:`Params`, or ``None`` for defaults.
     preproc
-        ``preproc.json`` path, dict or :class:`~mlaas4hep_dask.handle._preprocess.Preproc`; specs then
+        ``preproc.json`` path, dict or :class:`~mlaas4hep_dask.handle.Preproc`; specs then
         describe the data after preprocessing and report the cut flow.
     client
         A ``distributed.Client``, a scheduler name (``"threads"``, ``"processes"``,

@@ -229,7 +229,7 @@ def open_dataset(
         A ``files.txt`` path, a comma-separated string, a list of paths/URLs, or a
         :class:`Dataset` opened with the same params (returned as it is).
     params
-        :class:`~mlaas4hep_dask.config._params.Params`, a dict, a ``params.json`` path, or ``None``.
+        :class:`~mlaas4hep_dask.config.Params`, a dict, a ``params.json`` path, or ``None``.
 
     Raises
     ------

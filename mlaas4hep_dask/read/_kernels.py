@@ -193,7 +193,7 @@ def split_hash(
     entries: np.ndarray, key: np.uint64, train_below: float, validation_below: float
 ) -> np.ndarray:
     """0, 1 or 2 for each entry: SplitMix64 of ``entry ^ key`` mapped to [0, 1), compared with
-    the two bounds (see :func:`~mlaas4hep_dask.handle._tensorize.split_codes`)."""
+    the two bounds (see :func:`~mlaas4hep_dask.handle.split_codes`)."""
     codes = np.empty(entries.shape[0], dtype=np.uint8)
     golden = np.uint64(0x9E3779B97F4A7C15)
     for i in range(entries.shape[0]):

@@ -122,8 +122,8 @@ def prepare_events(bundle: Bundle, events: Sequence[Any]) -> tuple[np.ndarray, n
     """Rows of X for the events that pass the bundle's cuts, and their positions in ``events``.
 
     The events' numbers go through the bundle's plan on NumPy arrays
-    (:meth:`~mlaas4hep_dask.handle._preprocess.Plan.select_plain`) into the row kernels of the
-    training loader (:meth:`~mlaas4hep_dask.handle._tensorize.Layout.rows`); events that the fast
+    (:meth:`~mlaas4hep_dask.handle.Plan.select_plain`) into the row kernels of the
+    training loader (:meth:`~mlaas4hep_dask.handle.Layout.rows`); events that the fast
     reading cannot take (a value that is not a finite number, say) go the awkward way, as in
     training, which names the offending value.
     """

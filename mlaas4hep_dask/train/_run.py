@@ -66,7 +66,7 @@ def train(
     out
         Run directory (default ``runs/<model>-<time>``).
     client
-        A ``distributed.Client`` or a scheduler name (see :func:`~mlaas4hep_dask.scale._cluster.connect`).
+        A ``distributed.Client`` or a scheduler name (see :func:`~mlaas4hep_dask.scale.connect`).
     device
         ``"auto"`` (a GPU when there is one), ``"cpu"`` or ``"cuda"``.
     progress
@@ -76,7 +76,7 @@ def train(
         ``log_every`` seconds to the ``mlaas4hep_dask`` logger (for batch jobs and the service).
     trainers
         Data-parallel trainers on the Dask workers (default: ``params.trainers``); see
-        :class:`~mlaas4hep_dask.config._params.Params`.
+        :class:`~mlaas4hep_dask.config.Params`.
     resume
         A run directory whose training stopped: continue from its last checkpoint with the
         inputs recorded in its ``run.json`` (``files``, ``model`` and the rest are not given).
