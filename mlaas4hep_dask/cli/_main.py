@@ -43,6 +43,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Long on purpose: the whole command line as one table of subcommands and their flags.
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlaas4hep", description="Machine Learning as a Service for HEP, on Dask."

@@ -121,6 +121,8 @@ _TFAAS_BODY = _body_doc(
 )
 
 
+# Long on purpose: the routes are FastAPI closures over this app's repository, batcher and metrics,
+# one short handler each, read best in one place as the table of the HTTP API.
 def create_app(
     repository: Repository,
     max_body: int = MAX_BODY,

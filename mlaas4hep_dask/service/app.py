@@ -95,6 +95,8 @@ async def _read(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# Long on purpose: the routes are FastAPI closures over this app's store, runner and authenticator,
+# one short handler each, read best in one place as the table of the HTTP API.
 def create_app(config: ServiceConfig, store: JobStore, runner: Runner | None) -> FastAPI:
     """The service; ``runner`` (started with the app) executes the jobs, ``None`` only queues them."""
     auth = Authenticator(config)
