@@ -54,9 +54,11 @@ def _case(files: list[str], step: int, per_class: int) -> dict[str, float]:
     from distributed.protocol import deserialize_bytes, serialize_bytelist
 
     import mlaas4hep_dask as m
-    from mlaas4hep_dask.batches._loader import plan_chunks
+    from mlaas4hep_dask.batches._plan import plan_chunks
+    from mlaas4hep_dask.handle._layout import Layout, Packed
     from mlaas4hep_dask.handle._preprocess import make_plan
-    from mlaas4hep_dask.handle._tensorize import Chunk, Layout, Packed, Tensorize
+    from mlaas4hep_dask.handle._rows import Chunk
+    from mlaas4hep_dask.handle._tensorize import Tensorize
     from mlaas4hep_dask.scale._cluster import compute
 
     params = m.load_params({"chunk_size": step, "split": 0.0, "batch_size": 1024})

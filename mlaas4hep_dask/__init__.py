@@ -31,7 +31,8 @@ from mlaas4hep_dask.errors import (
 from mlaas4hep_dask.generate import generate
 from mlaas4hep_dask.handle._preprocess import Preproc, load_preproc
 from mlaas4hep_dask.handle._specs import BranchSpec, FileSpec, Specs, compute_specs
-from mlaas4hep_dask.read._dataset import Dataset, InputFile, open_dataset
+from mlaas4hep_dask.read._dataset import Dataset, open_dataset
+from mlaas4hep_dask.read._inspect import InputFile
 
 try:
     __version__ = version("mlaas4hep-dask")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mlaas4hep_dask.bundle._plots import roc_figure, scores_figure, training_figure
-from mlaas4hep_dask.handle._tensorize import Block
+from mlaas4hep_dask.handle._rows import Block
 from mlaas4hep_dask.train._outputs import class_names as _class_names
 
 

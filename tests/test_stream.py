@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import mlaas4hep_dask as m
-from mlaas4hep_dask.batches._loader import BatchLoader, plan_chunks
+from mlaas4hep_dask.batches._loader import BatchLoader
+from mlaas4hep_dask.batches._plan import plan_chunks
 from mlaas4hep_dask.generate import generate
 
 from ._reference import read_all

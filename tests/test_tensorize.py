@@ -11,7 +11,8 @@ import uproot
 
 import mlaas4hep_dask as m
 from mlaas4hep_dask.batches._loader import BatchLoader
-from mlaas4hep_dask.handle._tensorize import Layout, split_codes
+from mlaas4hep_dask.handle._layout import Layout
+from mlaas4hep_dask.handle._tensorize import split_codes
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +255,7 @@ def _reference_order(n: int, key: int) -> np.ndarray:
 
 
 def test_chunk_shuffle_is_a_seeded_fisher_yates_permutation() -> None:
-    from mlaas4hep_dask.handle._tensorize import Chunk
+    from mlaas4hep_dask.handle._rows import Chunk
 
     layout = Layout(("a",), (("v", 2),), False, {"a": 0.0, "v": 0.0}, {"a": 1.0, "v": 1.0})
     n = 1000

@@ -40,13 +40,15 @@ from mlaas4hep_dask.batches._pipeline import give_back, read_ahead, shuffled
 from mlaas4hep_dask.batches._plan import Piece, Shard, batch_sizes, deal, plan_chunks
 from mlaas4hep_dask.config._params import Params, load_labels, load_params
 from mlaas4hep_dask.errors import ConfigError
+from mlaas4hep_dask.handle._layout import Layout, Packed
 from mlaas4hep_dask.handle._preprocess import Preproc, load_preproc, make_plan
+from mlaas4hep_dask.handle._rows import Block, Chunk, RowBuffers
 from mlaas4hep_dask.handle._specs import Specs
-from mlaas4hep_dask.handle._tensorize import Block, Chunk, Layout, Packed, RowBuffers, Tensorize, split_codes
+from mlaas4hep_dask.handle._tensorize import Tensorize, split_codes
 from mlaas4hep_dask.handle._weights import WeightScale, scale_of
 from mlaas4hep_dask.read._dataset import Dataset, open_dataset
 
-__all__ = ["BatchLoader", "Piece", "Shard", "deal", "plan_chunks"]
+__all__ = ["BatchLoader"]
 
 
 _UNSET = object()  # the weight factors before the counting pass

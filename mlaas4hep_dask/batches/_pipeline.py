@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from mlaas4hep_dask.handle._tensorize import Block, Chunk, RowBuffers
+from mlaas4hep_dask.handle._rows import Block, Chunk, RowBuffers
 
 __all__ = ["give_back", "read_ahead", "shuffled"]
 

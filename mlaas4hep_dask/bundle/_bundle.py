@@ -24,9 +24,9 @@ import numpy as np
 
 from mlaas4hep_dask.config._params import Params, load_params
 from mlaas4hep_dask.errors import SpecsError
+from mlaas4hep_dask.handle._layout import Layout
 from mlaas4hep_dask.handle._preprocess import Plan, Preproc, load_preproc, make_plan
 from mlaas4hep_dask.handle._specs import Specs
-from mlaas4hep_dask.handle._tensorize import Layout
 from mlaas4hep_dask.read._branches import Branch
 
 __all__ = ["Bundle", "load_bundle", "write_bundle"]

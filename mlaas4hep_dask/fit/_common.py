@@ -14,7 +14,7 @@ import numpy as np
 from mlaas4hep_dask.batches._loader import BatchLoader
 from mlaas4hep_dask.config._params import Params
 from mlaas4hep_dask.errors import ConfigError
-from mlaas4hep_dask.handle._tensorize import Block
+from mlaas4hep_dask.handle._rows import Block
 
 __all__ = [
     "FRAMEWORKS",

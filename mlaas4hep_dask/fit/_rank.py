@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from mlaas4hep_dask.batches._loader import BatchLoader, Shard
+from mlaas4hep_dask.batches._loader import BatchLoader
+from mlaas4hep_dask.batches._plan import Shard
 from mlaas4hep_dask.config._params import Params
 from mlaas4hep_dask.errors import MLaaSError, TrainingError, first_line
 from mlaas4hep_dask.fit._common import (
@@ -45,8 +46,8 @@ from mlaas4hep_dask.fit._common import (
     metrics,
 )
 from mlaas4hep_dask.handle._preprocess import Preproc
+from mlaas4hep_dask.handle._rows import Block
 from mlaas4hep_dask.handle._specs import Specs
-from mlaas4hep_dask.handle._tensorize import Block
 from mlaas4hep_dask.read._dataset import Dataset
 
 __all__ = ["RankJob", "free_port", "main", "run_rank"]

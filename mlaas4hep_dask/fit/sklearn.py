@@ -13,7 +13,7 @@ import numpy as np
 from mlaas4hep_dask.batches._loader import BatchLoader
 from mlaas4hep_dask.errors import ConfigError
 from mlaas4hep_dask.fit._common import Fitting, Task
-from mlaas4hep_dask.handle._tensorize import Block
+from mlaas4hep_dask.handle._rows import Block
 
 __all__ = ["fit", "load", "predict", "save"]
 

@@ -20,7 +20,7 @@ from mlaas4hep_dask.batches._executors import Distributed
 from mlaas4hep_dask.batches._loader import BatchLoader
 from mlaas4hep_dask.config._params import Params
 from mlaas4hep_dask.fit._common import Fitting, Task, optional_import
-from mlaas4hep_dask.handle._tensorize import Layout, Packed
+from mlaas4hep_dask.handle._layout import Layout, Packed
 
 __all__ = ["fit", "load", "predict", "save"]
 

@@ -21,12 +21,12 @@ import numpy as np
 
 from mlaas4hep_dask.config._params import Params
 from mlaas4hep_dask.errors import ConfigError
-from mlaas4hep_dask.handle._layout import Layout, Packed, target_dtype, target_dtype_of
+from mlaas4hep_dask.handle._layout import Layout, target_dtype, target_dtype_of
 from mlaas4hep_dask.handle._preprocess import Plan, passing
-from mlaas4hep_dask.handle._rows import Block, Chunk, RowBuffers, take_rows
+from mlaas4hep_dask.handle._rows import take_rows
 from mlaas4hep_dask.handle._weights import WeightScale, sums
 
-__all__ = ["SPLITS", "Block", "Chunk", "Layout", "Packed", "RowBuffers", "Tensorize", "split_codes"]
+__all__ = ["SPLITS", "Tensorize", "split_codes"]
 
 SPLITS = ("train", "validation", "test")
 

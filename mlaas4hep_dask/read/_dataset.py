@@ -32,10 +32,9 @@ from mlaas4hep_dask.read._partitions import file_partitions
 from mlaas4hep_dask.read._sources import (
     OPEN_TIMEOUT,
     handler_for,
-    resolve_path,
 )
 
-__all__ = ["Dataset", "InputFile", "open_dataset", "resolve_path"]
+__all__ = ["Dataset", "open_dataset"]
 
 zlib_library()  # every process that reads (client and workers) inflates with ISA-L
 
