@@ -169,7 +169,7 @@ def _gather(block: Block | None, rank: int, world: int) -> Block | None:
     return Block.concatenate(blocks) if blocks else Block(np.zeros(0, np.float32), np.zeros(0), None)
 
 
-def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, Any]:
+def _train(job: RankJob, send: Callable[..., None], workdir: Path, security: Any) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
@@ -192,8 +192,6 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path) -> dict[str, 
     if job.scheduler is not None:
         from distributed import Client
 
-        secret = workdir / "job.security"
-        security = pickle.loads(secret.read_bytes()) if secret.exists() else None
         feeders = Client(job.scheduler, set_as_default=False, security=security)
     loaders = {
         split: BatchLoader(job.dataset, job.specs, job.params, job.recipe, job.labels, split, feeders, shard)
@@ -293,7 +291,9 @@ def main(job_path: str, fd: str) -> int:
     path = Path(job_path)
     try:
         job: RankJob = pickle.loads(path.read_bytes())
-        result = _train(job, send, path.parent)
+        secret = path.with_suffix(".security")  # written by run_rank for a TLS cluster
+        security = pickle.loads(secret.read_bytes()) if secret.exists() else None
+        result = _train(job, send, path.parent, security)
     except BaseException as err:  # the one line the client shows, whatever failed
         first = first_line(err)
         text = first if isinstance(err, MLaaSError) else f"{type(err).__name__}: {first}"
