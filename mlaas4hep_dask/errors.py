@@ -9,7 +9,8 @@ exception it refines, so ``except FileNotFoundError`` keeps working::
     ├── InputError(OSError)                 an input file cannot be read
     │   ├── InputNotFoundError(FileNotFoundError)   missing local file
     │   ├── NotRootFileError               the file is not ROOT
-    │   └── RemoteInputError(ConnectionError)       an XRootD/HTTP server does not answer
+    │   ├── RemoteInputError(ConnectionError)       an XRootD/HTTP server does not answer
+    │   └── PreparedError                  a prepared dataset's shard is missing or damaged
     ├── OutputError(OSError)                a run directory or specs file cannot be written
     ├── SchemaError(KeyError)               unknown tree or branch, unsupported branch type,
     │                                       files whose branches differ
@@ -29,6 +30,7 @@ __all__ = [
     "MLaaSError",
     "NotRootFileError",
     "OutputError",
+    "PreparedError",
     "RemoteInputError",
     "SchemaError",
     "SpecsError",
@@ -72,6 +74,20 @@ class NotRootFileError(InputError):
 
 class RemoteInputError(InputError, ConnectionError):
     """A remote input (``root://``, ``http(s)://``) cannot be reached."""
+
+
+class PreparedError(InputError):
+    """A shard of a prepared dataset is missing, or its size or checksum is not its manifest's.
+
+    ``shard`` is the path of the shard (``None`` when the error is of the whole dataset).
+    """
+
+    def __init__(self, message: str, shard: object = None) -> None:
+        super().__init__(message)
+        self.shard = shard
+
+    def __reduce__(self) -> tuple[object, ...]:  # raised on a worker, re-raised on the client
+        return (type(self), (str(self), self.shard))
 
 
 class OutputError(MLaaSError, OSError):

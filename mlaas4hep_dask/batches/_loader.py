@@ -32,21 +32,23 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_dask._compute import compute
-from mlaas4hep_dask.batches._checks import check_specs
 from mlaas4hep_dask.batches._executors import Distributed, executor
 from mlaas4hep_dask.batches._frameworks import dmatrix, tf_dataset, torch_batches
-from mlaas4hep_dask.batches._partitioning import partition_step, sample_scales
+from mlaas4hep_dask.batches._partitioning import SumOf, count_events, sample_scales
 from mlaas4hep_dask.batches._pipeline import give_back, read_ahead, shuffled
 from mlaas4hep_dask.batches._plan import Piece, Shard, batch_sizes, deal, plan_chunks
-from mlaas4hep_dask.config._params import Params, load_labels, load_params
+from mlaas4hep_dask.config._params import Params, load_params
 from mlaas4hep_dask.errors import ConfigError
+from mlaas4hep_dask.handle._checks import check_specs
 from mlaas4hep_dask.handle._layout import Layout, Packed
 from mlaas4hep_dask.handle._preprocess import Preproc, load_preproc, make_plan
 from mlaas4hep_dask.handle._rows import Block, Chunk, RowBuffers
 from mlaas4hep_dask.handle._specs import Specs
-from mlaas4hep_dask.handle._tensorize import Tensorize, split_codes
-from mlaas4hep_dask.handle._weights import WeightScale, scale_of
+from mlaas4hep_dask.handle._tensorize import Tensorize
+from mlaas4hep_dask.handle._weights import WeightScale
+from mlaas4hep_dask.prepared._prepare import Prepared, ReadShard, targets
 from mlaas4hep_dask.read._dataset import Dataset, open_dataset
+from mlaas4hep_dask.read._partitions import partition_step
 
 __all__ = ["BatchLoader"]
 
@@ -78,6 +80,9 @@ class BatchLoader:
         ``"sync"``, or ``None`` (the current distributed client, else threads).
     shard
         Only this data-parallel trainer's share of the split (see :meth:`shards`).
+    store
+        A :class:`~mlaas4hep_dask.prepared.Prepared` dataset of these inputs: its shards are
+        read instead of the ROOT files (same split, chunks and batches).
 
     Examples
     --------
@@ -98,6 +103,7 @@ class BatchLoader:
         split: str = "train",
         client: Any = None,
         shard: Shard | None = None,
+        store: Prepared | None = None,
     ) -> None:
         self.params = load_params(params)
         self.specs = specs if isinstance(specs, Specs) else Specs.load(specs)
@@ -105,20 +111,21 @@ class BatchLoader:
         dataset = open_dataset(files, self.params)
         extras = [b for b in (self.params.label_branch, self.params.weight_branch) if b]
         self.plan = make_plan(recipe, dataset.available, dataset.branches, extras)
-        step = partition_step(self.params.chunk_size, len(dataset.files))
-        self.dataset = dataset.with_step(step, self.plan.columns)
+        self.store = store
+        self._shard_infos: tuple[Any, ...] = ()
+        if store is None:
+            step = partition_step(self.params.chunk_size, len(dataset.files))
+            self.dataset = dataset.with_step(step, self.plan.columns)
+        else:
+            self.dataset, self._shard_infos = store.on(dataset)
+            self._use = store.use()  # never evicted while this loader reads it
         self.specs = check_specs(self.specs, self.plan, recipe, self.dataset)
-        if labels is not None and self.params.label_branch is not None:
-            raise ConfigError("give either labels (labels.txt) or 'label_branch' in params, not both")
-        self.labels = load_labels(labels, len(self.dataset.files))
-        samples = self.dataset.samples
-        if self.labels is None and self.params.label_branch is None and samples is not None:
-            self.labels = samples.labels
+        self.labels = targets(labels, self.params, self.dataset)
         self.layout = Layout.from_specs(self.specs, self.params)
         self.split = split
         self._tensorize = Tensorize(self.plan, self.layout, self.params, split, self.labels)
         self._executor = executor(client)
-        self._finalizer = weakref.finalize(self, self._executor.close)
+        self._finalizer = weakref.finalize(self, self._release, self._executor, getattr(self, "_use", None))
         self.shard = shard
         self._counts: list[int] | None = None if shard is None else list(shard.counts)
         self._scale: WeightScale | object | None = _UNSET if shard is None else shard.scale
@@ -207,37 +214,22 @@ class BatchLoader:
         return self._counts
 
     def _count(self) -> list[int]:
-        p, t = self.params, self._tensorize
-        from_codes = not (self.plan.cuts or self.layout.drop_nonfinite)  # no data needed
-        summing = self._needs_scale()  # and the weights summed per class, in the same pass
-        if summing and not (from_codes and p.weight_branch is None and p.label_branch is None):
-            summer = Tensorize(
-                self.plan, self.layout, p, self.split, self.labels, summing=True, file_scale=self.file_scale
-            )
-            extras = [b for b in (p.label_branch, p.weight_branch) if b]
-            parts = self._pass(summer, (*self.plan.cut_columns, *extras) if summer.reads_little else None)
-            self._scale = scale_of(parts, p, summer.classes)
-            return [int(n.sum()) for _, n, _ in parts]
-        if not from_codes:
-            counter = Tensorize(self.plan, self.layout, p, self.split, self.labels, count_only=True)
-            columns = None if self.layout.drop_nonfinite else self.plan.cut_columns
-            return [int(n) for n in self._pass(counter, columns)]
-        partitions = self.dataset.partitions
-        codes = (split_codes(f, np.arange(a, b), p.seed, p.split, p.test_fraction) for f, a, b in partitions)
-        counts = [int(np.count_nonzero(c == t.code)) for c in codes]
-        if summing:  # one label per file, no weight branch: every event weighs its file's factor
-            labels = t.labels if t.labels is not None else np.zeros(len(self.dataset.files))
-            factor = self.file_scale or (1.0,) * len(self.dataset.files)
-            parts = [
-                (labels[f : f + 1], np.array([n]), np.array([n * factor[f]]))
-                for (f, _, _), n in zip(partitions, counts, strict=True)
-            ]
-            self._scale = scale_of(parts, p, t.classes)
-        return counts
+        return count_events(self)
 
     def _pass(self, call: Callable[..., Any], columns: Sequence[str] | None) -> list[Any]:
         """``call`` on every partition of ``columns`` (``None``: all the plan reads), computed now."""
-        tasks = self.dataset.map_partitions(call, self.plan.columns if columns is None else tuple(columns))
+        if self.store is not None and isinstance(call, Tensorize):
+            tasks = self._from_store(call)
+        elif (
+            self.store is not None
+            and isinstance(call, SumOf)
+            and all(call.branch in s.sums for s in self._shard_infos)
+        ):
+            return [s.sums[call.branch] for s in self._shard_infos]
+        else:
+            tasks = self.dataset.map_partitions(
+                call, self.plan.columns if columns is None else tuple(columns)
+            )
         target = self._executor.client if isinstance(self._executor, Distributed) else "threads"
         return list(compute(tasks, target))
 
@@ -245,8 +237,21 @@ class BatchLoader:
         if self._tasks is None:
             self._tensorize.scale = self.weight_scale
             self._tensorize.file_scale = self.file_scale
-            self._tasks = self.dataset.map_partitions(self._tensorize, self.plan.columns)
+            if self.store is not None:
+                self._tasks = self._from_store(self._tensorize)
+            else:
+                self._tasks = self.dataset.map_partitions(self._tensorize, self.plan.columns)
         return self._tasks[partition]
+
+    def _from_store(self, call: Tensorize) -> list[Any]:
+        """``call`` of every partition, from its shard in the store (see :class:`ReadShard`)."""
+        import dask
+
+        assert self.store is not None
+        task = dask.delayed(ReadShard(call, self.store.path, self.store.key, self.store.roles), pure=True)
+        return [
+            task(info, f) for info, (f, _, _) in zip(self._shard_infos, self.dataset.partitions, strict=True)
+        ]
 
     def chunks(self) -> list[list[Piece]]:
         """The chunk composition of an epoch (the same every epoch)."""
@@ -370,6 +375,12 @@ class BatchLoader:
         if block.w is not None:
             return block.X, block.y, block.w  # type: ignore[return-value]
         return block.X, block.y  # type: ignore[return-value]
+
+    @staticmethod
+    def _release(executor: Any, use: Any) -> None:
+        executor.close()
+        if use is not None:
+            use.close()
 
     def close(self) -> None:
         """Release the executor (and the private cluster of ``client="processes"``)."""

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlaas4hep_dask.config._params import Params
 from mlaas4hep_dask.errors import ConfigError
+from mlaas4hep_dask.handle._tensorize import Tensorize, split_codes
+from mlaas4hep_dask.handle._weights import scale_of
 from mlaas4hep_dask.read._dataset import Dataset
 
-__all__ = ["SumOf", "partition_step", "sample_scales"]
+if TYPE_CHECKING:
+    from mlaas4hep_dask.batches._loader import BatchLoader
 
-
-_MIN_STEP = 20_000
+__all__ = ["SumOf", "count_events", "sample_scales"]
 
 
 class SumOf:
@@ -28,19 +29,6 @@ class SumOf:
         import awkward as ak
 
         return float(np.sum(ak.to_numpy(partition[self.branch]), dtype=np.float64))
-
-
-def partition_step(chunk_size: int, nfiles: int) -> int:
-    """Entries per loader partition.
-
-    A chunk takes about ``chunk_size / nfiles`` events of every file, and each file's current
-    partition stays in memory until consumed; partitions of twice that keep memory near two
-    chunks whatever the number of files (but not below 20 000 entries, where task overhead
-    would dominate).
-    """
-    if chunk_size == -1:
-        return -1
-    return min(chunk_size, max(2 * math.ceil(chunk_size / nfiles), _MIN_STEP))
 
 
 def sample_scales(
@@ -80,3 +68,41 @@ def sample_scales(
                 "its events cannot be scaled to xsec * lumi; give 'sum_weights'"
             )
     return tuple(float(s.xsec) * lumi / totals[s.name] for s in of_file)  # type: ignore[arg-type]
+
+
+def count_events(loader: BatchLoader) -> list[int]:
+    """Events of the loader's split in each partition; the training weights' factors are set
+    on the loader in the same pass (its ``_scale``)."""
+    p, t = loader.params, loader._tensorize
+    from_codes = not (loader.plan.cuts or loader.layout.drop_nonfinite)  # no data needed
+    summing = loader._needs_scale()  # and the weights summed per class, in the same pass
+    if summing and not (from_codes and p.weight_branch is None and p.label_branch is None):
+        summer = Tensorize(
+            loader.plan,
+            loader.layout,
+            p,
+            loader.split,
+            loader.labels,
+            summing=True,
+            file_scale=loader.file_scale,
+        )
+        extras = [b for b in (p.label_branch, p.weight_branch) if b]
+        parts = loader._pass(summer, (*loader.plan.cut_columns, *extras) if summer.reads_little else None)
+        loader._scale = scale_of(parts, p, summer.classes)
+        return [int(n.sum()) for _, n, _ in parts]
+    if not from_codes:
+        counter = Tensorize(loader.plan, loader.layout, p, loader.split, loader.labels, count_only=True)
+        columns = None if loader.layout.drop_nonfinite else loader.plan.cut_columns
+        return [int(n) for n in loader._pass(counter, columns)]
+    partitions = loader.dataset.partitions
+    codes = (split_codes(f, np.arange(a, b), p.seed, p.split, p.test_fraction) for f, a, b in partitions)
+    counts = [int(np.count_nonzero(c == t.code)) for c in codes]
+    if summing:  # one label per file, no weight branch: every event weighs its file's factor
+        labels = t.labels if t.labels is not None else np.zeros(len(loader.dataset.files))
+        factor = loader.file_scale or (1.0,) * len(loader.dataset.files)
+        parts = [
+            (labels[f : f + 1], np.array([n]), np.array([n * factor[f]]))
+            for (f, _, _), n in zip(partitions, counts, strict=True)
+        ]
+        loader._scale = scale_of(parts, p, t.classes)
+    return counts

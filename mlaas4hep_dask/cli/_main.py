@@ -20,6 +20,7 @@ from mlaas4hep_dask.cli._common import (
     show_warning,
     trainers_arg,
 )
+from mlaas4hep_dask.cli._prepare_cmd import cmd_prepare, cmd_store, store_arguments
 from mlaas4hep_dask.cli._serve_cmd import (
     cmd_export,
     cmd_predict,
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
             "--resume", metavar="RUN_DIR", help="continue a stopped training from its last checkpoint"
         )
         tr.add_argument("--dtype", help=argparse.SUPPRESS)  # original flag: features are always float32
+        store_arguments(tr)
         cluster_arguments(tr)
         tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         tr.add_argument(
@@ -112,8 +114,29 @@ def _parser() -> argparse.ArgumentParser:
     camp.add_argument(
         "--log-progress", type=float, nargs="?", const=30.0, metavar="SECONDS", help="log progress"
     )
+    store_arguments(camp)
     cluster_arguments(camp)
     camp.set_defaults(run=cmd_campaign)
+
+    prep = sub.add_parser("prepare", help="read and handle ROOT inputs once into a store of Arrow shards")
+    prep.add_argument("--files", required=True, help="files.txt, or a comma-separated list of paths/URLs")
+    prep.add_argument("--labels", help="labels.txt (one label per file), or a comma-separated list")
+    prep.add_argument("--params", help="params.json")
+    prep.add_argument("--preproc", help="preproc.json")
+    prep.add_argument("--specs", help="normalize with this specs file (default: computed, one more pass)")
+    prep.add_argument(
+        "--repair", action="store_true", help="check every shard; prepare the damaged ones again"
+    )
+    store_arguments(prep, required=True)
+    cluster_arguments(prep)
+    prep.add_argument("-q", "--quiet", action="store_true", help="only the JSON line on stdout")
+    prep.set_defaults(run=cmd_prepare)
+
+    sto = sub.add_parser("store", help="list, remove or garbage-collect prepared datasets")
+    sto.add_argument("action", choices=("ls", "rm", "gc"), help="ls: list; rm KEY...: remove; gc: clean up")
+    sto.add_argument("keys", nargs="*", metavar="KEY", help="keys (or their first characters) to remove")
+    store_arguments(sto, required=True)
+    sto.set_defaults(run=cmd_store)
 
     par = sub.add_parser("params", help="print params.json with defaults filled in, or its JSON schema")
     par.add_argument("file", nargs="?", help="params.json (default: all defaults)")

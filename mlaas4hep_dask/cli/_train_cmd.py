@@ -10,6 +10,7 @@ from mlaas4hep_dask.cli._common import (
     connect_for,
     log_lines,
 )
+from mlaas4hep_dask.cli._prepare_cmd import store_of
 from mlaas4hep_dask.cli._specs_cmd import _fmt
 
 __all__ = ["cmd_campaign", "cmd_params", "cmd_train"]
@@ -34,6 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.files, args.model, params=args.params, labels=args.labels, preproc=args.preproc,
             specs=args.specs, out=args.out, client=target, device=args.device,
             progress=not args.quiet, log_every=args.log_progress, trainers=args.trainers, resume=args.resume,
+            store=store_of(args),
         )  # fmt: skip
     final = run.metrics["final"]
     shown = ", ".join(
@@ -57,7 +59,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         log_lines("%(asctime)s %(message)s")
     with connect_for(args) as target:
         announce(target, quiet=False)
-        rows = run_campaign(campaign, client=target, log_every=args.log_progress)
+        rows = run_campaign(campaign, client=target, log_every=args.log_progress, store=store_of(args))
     table = Table(title=f"Campaign {args.file}", title_justify="left")
     metrics = sorted({k for row in rows for k in row if k.startswith(("val_", "test_"))})
     for column in ("run", "framework", "state", *metrics, "seconds"):

@@ -233,6 +233,7 @@ def train_on_workers(
                 timeout=timeout,
                 threads=int(everyone[w].get("nthreads", 1)),
                 scheduler=scheduler,
+                store=first.store,
             )
             for r, w in enumerate(workers)
         ]

@@ -75,6 +75,7 @@ class RankJob:
     timeout: float
     threads: int
     scheduler: str | None = None
+    store: Any = None  # the Prepared dataset to read instead of the ROOT files
 
 
 def free_port() -> tuple[str, int]:
@@ -194,7 +195,9 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path, security: Any
 
         feeders = Client(job.scheduler, set_as_default=False, security=security)
     loaders = {
-        split: BatchLoader(job.dataset, job.specs, job.params, job.recipe, job.labels, split, feeders, shard)
+        split: BatchLoader(
+            job.dataset, job.specs, job.params, job.recipe, job.labels, split, feeders, shard, job.store
+        )
         for split, shard in job.shards.items()
     }
     framework, net = build_model(module, loaders["train"].idim, job.params.seed)

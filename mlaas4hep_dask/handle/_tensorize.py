@@ -21,7 +21,7 @@ import numpy as np
 
 from mlaas4hep_dask.config._params import Params
 from mlaas4hep_dask.errors import ConfigError
-from mlaas4hep_dask.handle._layout import Layout, target_dtype, target_dtype_of
+from mlaas4hep_dask.handle._layout import Layout, Packed, target_dtype, target_dtype_of
 from mlaas4hep_dask.handle._preprocess import Plan, passing
 from mlaas4hep_dask.handle._rows import take_rows
 from mlaas4hep_dask.handle._weights import WeightScale, sums
@@ -128,6 +128,25 @@ class Tensorize:
         y, w = self._target(record, file_index), self._weight(record, file_index)
         if packed.keep is not None:
             y, w = take_rows(y, packed.keep), take_rows(w, packed.keep)
+        return self._finish(packed, y, w)
+
+    def mine(self, file_index: int, entries: np.ndarray) -> np.ndarray:
+        """Which of these entries of file ``file_index`` belong to this callable's split."""
+        return self._codes(file_index, entries) == self.code
+
+    def of_handled(self, packed: Packed, file_index: int) -> tuple[Any, ...] | int:
+        """What :meth:`__call__` returns, from this split's events already handled (by
+        :class:`Handle`: ``packed.w`` holds the weight branch as it is, or ``None``)."""
+        if self.count_only:
+            return len(packed)
+        w = packed.w
+        if self.file_scale is not None:
+            w = (np.ones(len(packed), np.float32) if w is None else w) * np.float32(
+                self.file_scale[file_index]
+            )
+        return self._finish(packed, packed.y, w)
+
+    def _finish(self, packed: Packed, y: np.ndarray | None, w: np.ndarray | None) -> tuple[Any, ...]:
         if self.summing:
             return sums(y, w, self.classes)
         if self.scale is not None:
@@ -155,6 +174,19 @@ class Tensorize:
             else ak.to_numpy(record[self.weight_branch]).astype(np.float32)
         )
         return w if self.file_scale is None else w * np.float32(self.file_scale[file_index])
+
+    def handled(self, partition: ak.Array, start: int, file_index: int) -> tuple[Packed, np.ndarray]:
+        """Every event of ``partition`` that passes the cuts, of all splits, handled, and its
+        entry number: what a prepared shard keeps (``w``: the weight branch as it is)."""
+        selection = self.plan.select(partition)
+        entries = start + selection.positions
+        record = selection.record
+        packed = self.layout.pack(*self.layout.columns(record))
+        y = self._target(record, file_index)
+        w = None if self.weight_branch is None else ak.to_numpy(record[self.weight_branch]).astype(np.float32)
+        if packed.keep is not None:
+            y, w, entries = take_rows(y, packed.keep), take_rows(w, packed.keep), entries[packed.keep]
+        return dataclasses.replace(packed, y=y, w=w, keep=None), entries
 
     def _codes(self, file_index: int, entries: np.ndarray) -> np.ndarray:
         return split_codes(file_index, entries, self.seed, self.split, self.test_fraction)

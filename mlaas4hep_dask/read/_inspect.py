@@ -39,6 +39,7 @@ class InputFile:
     entries: int
     baskets: Mapping[str, BasketLayout] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     uuid: str = dataclasses.field(default="", compare=False, repr=False)  # the same in a copy of the file
+    size: int = dataclasses.field(default=0, compare=False, repr=False)  # bytes (0: the server did not say)
 
 
 def _find_tree(directory: Any, path: str, tree: str | None) -> Any:
@@ -144,4 +145,8 @@ def _inspect_file(path: str, url: str, params: Params) -> _Inspected:
         if isinstance(info, Branch) and (layout := basket_layout(ttree[name])) is not None
     }
     uuid = str(getattr(ttree.file, "uuid", "") or "")
-    return InputFile(path, url, tree_path, int(ttree.num_entries), baskets, uuid), classified
+    try:
+        size = int(ttree.file.source.num_bytes or 0)
+    except Exception:  # a server that does not say: the UUID alone names the file
+        size = 0
+    return InputFile(path, url, tree_path, int(ttree.num_entries), baskets, uuid, size), classified

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BasketLayout", "basket_layout", "file_partitions", "partition_edges"]
+__all__ = ["BasketLayout", "basket_layout", "file_partitions", "partition_edges", "partition_step"]
 
 _MAX_SPAN = 4  # a partition is at most this many steps long, unless one basket is longer
 
@@ -151,3 +152,19 @@ def file_partitions(
     chosen = [layouts[c] for c in columns if c in layouts]
     edges = partition_edges(chosen, entries, step)
     return list(itertools.pairwise(edges))
+
+
+_MIN_STEP = 20_000
+
+
+def partition_step(chunk_size: int, nfiles: int) -> int:
+    """Entries per loader partition.
+
+    A chunk takes about ``chunk_size / nfiles`` events of every file, and each file's current
+    partition stays in memory until consumed; partitions of twice that keep memory near two
+    chunks whatever the number of files (but not below 20 000 entries, where task overhead
+    would dominate).
+    """
+    if chunk_size == -1:
+        return -1
+    return min(chunk_size, max(2 * math.ceil(chunk_size / nfiles), _MIN_STEP))

@@ -172,9 +172,13 @@ def _specs_key(run: CampaignRun) -> str:
 
 
 def run_campaign(
-    campaign: Campaign, client: Any = None, log_every: float | None = None
+    campaign: Campaign, client: Any = None, log_every: float | None = None, store: Any = None
 ) -> list[dict[str, Any]]:
-    """Train every run of ``campaign`` on ``client``; write and return the summary rows."""
+    """Train every run of ``campaign`` on ``client``; write and return the summary rows.
+
+    With a ``store`` (see :mod:`mlaas4hep_dask.prepared`), the runs that share inputs and
+    preprocessing train from one prepared dataset: the ROOT files are read by the first.
+    """
     import numpy as np
 
     from mlaas4hep_dask.bundle._plots import write_roc
@@ -190,12 +194,12 @@ def run_campaign(
         row: dict[str, Any] = {"name": run.name, "model": run.model.name}
         try:
             key = _specs_key(run)
-            if key not in specs_cache:
+            if key not in specs_cache and store is None:
                 params = load_params(run.params)
                 specs_cache[key] = compute_specs(campaign.files, params, run.preproc, client=client)
             result = train(
-                campaign.files, run.model, run.params, run.labels, run.preproc, specs=specs_cache[key],
-                out=campaign.out / run.name, client=client, log_every=log_every,
+                campaign.files, run.model, run.params, run.labels, run.preproc, specs=specs_cache.get(key),
+                out=campaign.out / run.name, client=client, log_every=log_every, store=store,
             )  # fmt: skip
         except MLaaSError as err:
             row |= {"state": "failed", "error": str(err), "seconds": time.perf_counter() - start}

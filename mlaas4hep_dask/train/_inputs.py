@@ -37,6 +37,7 @@ class Inputs:
     trainers: int | str | None
     module: ModuleType
     start: Checkpoint | None  # where a resumed run goes on from
+    store: Any = None  # the store of prepared datasets to train from
 
     @property
     def model_path(self) -> Path:
@@ -55,6 +56,7 @@ def resolve_inputs(
     device: str,
     trainers: int | str | None,
     resume: str | Path | None,
+    store: Any = None,
 ) -> Inputs:
     """The inputs of :func:`~mlaas4hep_dask.train.train` (see there), ``params``, preproc.json and
     model.py parsed, and the run directory made (or, with ``resume``, the one that stopped)."""
@@ -78,4 +80,4 @@ def resolve_inputs(
         run_dir = Path(out) if out else Path("runs") / f"{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir.mkdir(parents=True, exist_ok=True)
     n_trainers = p.trainers if trainers is None else trainers
-    return Inputs(files, model, p, recipe, labels, specs, run_dir, device, n_trainers, module, start)
+    return Inputs(files, model, p, recipe, labels, specs, run_dir, device, n_trainers, module, start, store)

@@ -50,6 +50,7 @@ def train(
     trainers: int | str | None = None,
     resume: str | Path | None = None,
     on_workers: bool | None = None,
+    store: Any = None,
 ) -> Run:
     """Train ``model.py`` on ROOT inputs and write a run directory.
 
@@ -82,6 +83,10 @@ def train(
         inputs recorded in its ``run.json`` (``files``, ``model`` and the rest are not given).
     on_workers
         Train on the workers even with one trainer (default: when ``trainers > 1``).
+    store
+        A :class:`~mlaas4hep_dask.prepared.Store` (or its folder): train from the prepared
+        dataset of these inputs, prepared first if the store does not have it yet (see
+        :func:`~mlaas4hep_dask.prepared.prepare`).  Same batches, same metrics.
 
     Each step is a function of its own: :func:`._inputs.resolve_inputs`, :func:`._setup.set_up`,
     :func:`._setup.record_inputs`, :func:`._fitting.fit`, :func:`summary` and :func:`write_run`.
@@ -96,7 +101,9 @@ def train(
     >>> run.metrics["final"]["val_auc"]  # doctest: +SKIP
     0.83
     """
-    inputs = resolve_inputs(files, model, params, labels, preproc, specs, out, device, trainers, resume)
+    inputs = resolve_inputs(
+        files, model, params, labels, preproc, specs, out, device, trainers, resume, store
+    )
     setup = set_up(inputs, client, on_workers)
     record_inputs(inputs, setup)
     where = inputs.device if setup.parallel else device_for(setup.framework, inputs.device)

@@ -15,6 +15,7 @@ from mlaas4hep_dask.fit._checkpoint import write_record
 from mlaas4hep_dask.fit._common import Task, task_of
 from mlaas4hep_dask.fit._model_file import build_model
 from mlaas4hep_dask.handle._specs import Specs, compute_specs
+from mlaas4hep_dask.prepared._prepare import prepare
 from mlaas4hep_dask.read._dataset import Dataset, open_dataset
 from mlaas4hep_dask.train._checks import check_classes, check_outputs, on_workers_for
 from mlaas4hep_dask.train._inputs import Inputs
@@ -67,12 +68,16 @@ def set_up(inputs: Inputs, client: Any, on_workers: bool | None) -> Setup:
     p = inputs.params
     dataset = open_dataset(inputs.files, p)
     _log.info("opened %d input files (%d entries)", len(dataset.files), sum(f.entries for f in dataset.files))
-    specs = _specs(inputs, dataset, client)
-    train_loader = BatchLoader(dataset, specs, p, inputs.recipe, inputs.labels, "train", client)
+    ready = None
+    if inputs.store is not None:  # the prepared dataset (prepared now if the store lacks it)
+        ready = prepare(dataset, inputs.store, p, inputs.labels, inputs.recipe, inputs.specs, client)
+        _log.info("training from prepared dataset %s (%d shards)", ready.key[:12], len(ready.shards))
+    specs = ready.specs if ready is not None else _specs(inputs, dataset, client)
+    train_loader = BatchLoader(dataset, specs, p, inputs.recipe, inputs.labels, "train", client, store=ready)
     specs = train_loader.specs  # the original tool's specs come back in the tree's order
     specs.save(inputs.run_dir / "specs.json")
     loaders = {"train": train_loader} | {
-        s: BatchLoader(dataset, specs, p, inputs.recipe, inputs.labels, s, client)
+        s: BatchLoader(dataset, specs, p, inputs.recipe, inputs.labels, s, client, store=ready)
         for s in ("validation", "test")
     }
     if train_loader.labels is None and p.label_branch is None:
