@@ -83,6 +83,7 @@ bench: install wrk
 	$(PY) benchmarks/layouts.py
 	$(PY) benchmarks/loader_costs.py
 	$(PY) benchmarks/train_scaling.py
+	$(PY) benchmarks/prepared.py
 
 lint: install
 	$(VENV)/bin/ruff check mlaas4hep_dask tests benchmarks docs

@@ -283,3 +283,33 @@ def test_two_trainers_from_the_store_give_the_metrics_of_root(
     finals = [{k: v for k, v in r.metrics["final"].items() if k.startswith(("val_", "test_"))} for r in runs]
     assert finals[0]
     assert finals[0] == finals[1]
+
+
+def test_store_commands_list_remove_and_refuse_in_one_line(
+    data: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlaas4hep_dask.cli import main
+
+    store = tmp_path / "store"
+    files = ",".join(data)
+    assert (
+        main(["prepare", "--files", files, "--labels", "1,0", "--store", str(store), "--cluster", "sync"])
+        == 0
+    )
+    out, err = capsys.readouterr()
+    line = json.loads(out.strip().splitlines()[-1])  # the JSON line on stdout, the table on stderr
+    assert line["events"] == 6000
+    assert "prepared dataset" in err
+    assert main(["store", "ls", "--store", str(store)]) == 0
+    assert line["key"][:12] in capsys.readouterr().out
+    assert main(["store", "rm", "ffff", "--store", str(store)]) == 2
+    assert "has no dataset whose key starts with 'ffff'" in capsys.readouterr().err
+    (store / line["key"] / ".x.arrow.1234.tmp").write_text("half")
+    assert main(["store", "gc", "--store", str(store)]) == 0
+    assert ".x.arrow.1234.tmp" in capsys.readouterr().out
+    assert main(["store", "rm", line["key"][:8], "--store", str(store)]) == 0
+    assert not (store / line["key"]).exists()
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert main(["prepare", "--files", files, "--labels", "1,0", "--store", str(blocked / "s")]) == 2
+    assert f"cannot use {str(blocked / 's')!r} as a store" in capsys.readouterr().err

@@ -17,6 +17,7 @@ MODULES = (
     "mlaas4hep_dask.config",
     "mlaas4hep_dask.read",
     "mlaas4hep_dask.handle",
+    "mlaas4hep_dask.prepared",
     "mlaas4hep_dask.batches",
     "mlaas4hep_dask.train",
     "mlaas4hep_dask.bundle",

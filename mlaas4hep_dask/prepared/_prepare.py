@@ -255,27 +255,8 @@ def prepare(
         specs_ = check_specs(specs_, plan, recipe, dataset)
         layout = Layout.from_specs(specs_, p)
         dataset = dataset.with_step(partition_step(p.chunk_size, len(dataset.files)), plan.columns)
-        order, names = _shard_names(dataset)
-        roles = Roles.choose(
-            [*layout.flat, *(n for n, _ in layout.jagged)],
-            label=labels is not None or p.label_branch is not None,
-            weight=p.weight_branch is not None,
-        )
-        proposed = {
-            "format": FORMAT, "key": folder.key, "identities": order,
-            "paths": [f.path for f in dataset.files], "specs": specs_.to_dict(),
-            "roles": dataclasses.asdict(roles),
-            "shards": [{"name": n, "file": fid, "start": a, "stop": b}
-                       for (i, a, b), (n, fid) in ((q, names[q[0], q[1]]) for q in dataset.partitions)],
-        }  # fmt: skip
-        claimed = folder.claim(proposed)
-        roles = Roles(**claimed["roles"])
-        current = {identity(f): i for i, f in enumerate(dataset.files)}
-        parts = sorted(
-            (current[claimed["identities"][s["file"]]], s["start"], s["stop"]) for s in claimed["shards"]
-        )
-        dataset = dataclasses.replace(dataset, partitions=tuple(parts))
-        order, names = _shard_names(dataset)
+        dataset, roles, claimed = _claim(folder, dataset, layout, specs_, p, labels is not None)
+        _, names = _shard_names(dataset)
         if repair:
             _check_all(folder, [names[i, a][0] for i, a, _ in dataset.partitions])
         missing = [
@@ -312,6 +293,32 @@ def prepare(
         if removed:
             _log.info("store over %d bytes: evicted %s", store.max_bytes, ", ".join(k[:12] for k in removed))
         return ready
+
+
+def _claim(
+    folder: Folder, dataset: Dataset, layout: Layout, specs: Specs, p: Params, labelled: bool
+) -> tuple[Dataset, Roles, dict[str, Any]]:
+    """Claim the key's plan (or adopt the one another preparation claimed first): ``dataset`` cut
+    into its shards' partitions, the column roles and the plan."""
+    order, names = _shard_names(dataset)
+    roles = Roles.choose(
+        [*layout.flat, *(n for n, _ in layout.jagged)],
+        label=labelled or p.label_branch is not None,
+        weight=p.weight_branch is not None,
+    )
+    proposed = {
+        "format": FORMAT, "key": folder.key, "identities": order,
+        "paths": [f.path for f in dataset.files], "specs": specs.to_dict(),
+        "roles": dataclasses.asdict(roles),
+        "shards": [{"name": names[i, a][0], "file": names[i, a][1], "start": a, "stop": b}
+                   for i, a, b in dataset.partitions],
+    }  # fmt: skip
+    claimed = folder.claim(proposed)
+    current = {identity(f): i for i, f in enumerate(dataset.files)}
+    parts = sorted(
+        (current[claimed["identities"][s["file"]]], s["start"], s["stop"]) for s in claimed["shards"]
+    )
+    return dataclasses.replace(dataset, partitions=tuple(parts)), Roles(**claimed["roles"]), claimed
 
 
 def _check_all(folder: Folder, names: Sequence[str]) -> None:
