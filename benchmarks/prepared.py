@@ -12,7 +12,9 @@ and from the store; then the limit, reading the shard files alone from the page 
 Part 2: a campaign of ``--runs`` trainings (scikit-learn's ``SGDClassifier`` through
 ``partial_fit``, 2 epochs, four seeds) on one data set, with ``--store`` and without, through
 :func:`~mlaas4hep_dask.scale.run_campaign` on threads.  Bytes read from the ROOT files are
-counted where uproot reads them (its sources' ``chunks``); the wall time with the store is
+counted where they are read (uproot's sources, and the slices of memory-mapped files the
+reader takes its baskets from), in passes: ÷ the compressed bytes of the branches read
+(a preparation without specs makes two, the specs pass and the shard pass); the wall time with the store is
 compared with one ``prepare`` plus ``--runs`` trainings from the store, each measured alone.
 Peak RSS covers each process tree.
 """
@@ -31,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import run_measured, timed_passes
+from _common import compressed_bytes, run_measured, timed_passes
 from layouts import ensure_layout, params_of
 
 PASSES = 4
@@ -40,10 +42,24 @@ MODEL = Path(__file__).resolve().parent.parent / "configs" / "models" / "sklearn
 
 
 def _read_counter() -> dict[str, int]:
-    """Count the bytes uproot reads from ROOT files in this process (every source's ``chunk(s)``)."""
+    """Count the bytes read from ROOT files in this process: every uproot source's ``chunk(s)``
+    (metadata, remote baskets) and the slices of memory-mapped local files that the reader takes
+    its baskets from (:func:`mlaas4hep_dask.read._baskets._fetch`)."""
     import uproot.source.chunk as chunk
 
+    from mlaas4hep_dask.read import _baskets
+
     counted = {"bytes": 0}
+    fetch = _baskets._fetch
+
+    def fetching(source: Any, ranges: list[tuple[int, int]]) -> Any:
+        import uproot
+
+        if isinstance(source, uproot.source.file.MemmapSource):  # else counted by its chunks
+            counted["bytes"] += sum(stop - start for start, stop in ranges)
+        return fetch(source, ranges)
+
+    _baskets._fetch = fetching
 
     def wrap(cls: type, name: str, size: Any) -> None:
         real = vars(cls)[name]
@@ -70,6 +86,12 @@ def _subclasses(cls: type) -> list[type]:
     for sub in cls.__subclasses__():
         out += [sub, *_subclasses(sub)]
     return out
+
+
+def _branches(files: list[str]) -> list[str]:
+    from mlaas4hep_dask.read import open_dataset
+
+    return list(open_dataset(files, {"tree": "events"}).branches)
 
 
 def step(kind: str, files: list[str], extra: str) -> None:
@@ -195,7 +217,8 @@ def main() -> None:
         for kind in ("campaign-root", "campaign-store", "prepare-alone", "one-from-store")
     }
     shutil.rmtree(work, ignore_errors=True)
-    one_pass = parts["prepare-alone"]["root_bytes"]
+    branches = list(json.loads(os.environ[_ENV]).get("selected_branches", [])) or _branches(files)
+    one_pass = compressed_bytes([Path(f) for f in files], "events", branches)  # the baskets of one pass
     bound = parts["prepare-alone"]["seconds"] + args.runs * parts["one-from-store"]["seconds"]
     names = {
         "campaign-root": f"campaign of {args.runs}, no store",
