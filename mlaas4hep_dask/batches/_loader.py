@@ -113,19 +113,19 @@ class BatchLoader:
         self.plan = make_plan(recipe, dataset.available, dataset.branches, extras)
         self.store = store
         self._shard_infos: tuple[Any, ...] = ()
+        self._use = None if store is None else store.use()  # never evicted while this loader reads it
         if store is None:
             step = partition_step(self.params.chunk_size, len(dataset.files))
             self.dataset = dataset.with_step(step, self.plan.columns)
         else:
             self.dataset, self._shard_infos = store.on(dataset)
-            self._use = store.use()  # never evicted while this loader reads it
         self.specs = check_specs(self.specs, self.plan, recipe, self.dataset)
         self.labels = targets(labels, self.params, self.dataset)
         self.layout = Layout.from_specs(self.specs, self.params)
         self.split = split
         self._tensorize = Tensorize(self.plan, self.layout, self.params, split, self.labels)
         self._executor = executor(client)
-        self._finalizer = weakref.finalize(self, self._release, self._executor, getattr(self, "_use", None))
+        self._finalizer = weakref.finalize(self, self._release, self._executor, self._use)
         self.shard = shard
         self._counts: list[int] | None = None if shard is None else list(shard.counts)
         self._scale: WeightScale | object | None = _UNSET if shard is None else shard.scale

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mlaas4hep_dask._atomic import replacing
 from mlaas4hep_dask.config._params import Params
 from mlaas4hep_dask.errors import ConfigError
 from mlaas4hep_dask.handle._preprocess import Preproc
@@ -48,9 +48,8 @@ class Checkpoint:
 
 
 def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_record(

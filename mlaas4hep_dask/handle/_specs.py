@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mlaas4hep_dask._atomic import replacing
 from mlaas4hep_dask._compute import compute
 from mlaas4hep_dask.config._files import load_json
 from mlaas4hep_dask.config._params import Params, load_params
@@ -138,10 +139,8 @@ class Specs:
 
     def save(self, path: str | Path) -> None:
         """Write ``specs.json`` (atomically: a crash never leaves half a file)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        tmp.replace(path)
+        with replacing(Path(path)) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "specs") -> Specs:

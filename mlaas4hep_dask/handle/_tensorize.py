@@ -136,15 +136,10 @@ class Tensorize:
 
     def of_handled(self, packed: Packed, file_index: int) -> tuple[Any, ...] | int:
         """What :meth:`__call__` returns, from this split's events already handled (by
-        :class:`Handle`: ``packed.w`` holds the weight branch as it is, or ``None``)."""
+        :meth:`handled`: ``packed.w`` holds the weight branch as it is, or ``None``)."""
         if self.count_only:
             return len(packed)
-        w = packed.w
-        if self.file_scale is not None:
-            w = (np.ones(len(packed), np.float32) if w is None else w) * np.float32(
-                self.file_scale[file_index]
-            )
-        return self._finish(packed, packed.y, w)
+        return self._finish(packed, packed.y, self._physical(packed.w, len(packed), file_index))
 
     def _finish(self, packed: Packed, y: np.ndarray | None, w: np.ndarray | None) -> tuple[Any, ...]:
         if self.summing:
@@ -166,24 +161,28 @@ class Tensorize:
 
     def _weight(self, record: ak.Array, file_index: int) -> np.ndarray | None:
         """The events' physical weights: the weight branch times their file's factor."""
-        if self.weight_branch is None and self.file_scale is None:
-            return None
-        w = (
-            np.ones(len(record), np.float32)
-            if self.weight_branch is None
-            else ak.to_numpy(record[self.weight_branch]).astype(np.float32)
-        )
-        return w if self.file_scale is None else w * np.float32(self.file_scale[file_index])
+        return self._physical(self._branch_weight(record), len(record), file_index)
 
-    def handled(self, partition: ak.Array, start: int, file_index: int) -> tuple[Packed, np.ndarray]:
+    def _branch_weight(self, record: ak.Array) -> np.ndarray | None:
+        """The weight branch as float32 (``None`` without one)."""
+        if self.weight_branch is None:
+            return None
+        return ak.to_numpy(record[self.weight_branch]).astype(np.float32)
+
+    def _physical(self, w: np.ndarray | None, n: int, file_index: int) -> np.ndarray | None:
+        """The physical weights of ``n`` events of weight branch values ``w``: times their file's factor."""
+        if self.file_scale is None:
+            return w
+        return (np.ones(n, np.float32) if w is None else w) * np.float32(self.file_scale[file_index])
+
+    def handled(self, partition: ak.Array, file_index: int, start: int) -> tuple[Packed, np.ndarray]:
         """Every event of ``partition`` that passes the cuts, of all splits, handled, and its
         entry number: what a prepared shard keeps (``w``: the weight branch as it is)."""
         selection = self.plan.select(partition)
         entries = start + selection.positions
         record = selection.record
         packed = self.layout.pack(*self.layout.columns(record))
-        y = self._target(record, file_index)
-        w = None if self.weight_branch is None else ak.to_numpy(record[self.weight_branch]).astype(np.float32)
+        y, w = self._target(record, file_index), self._branch_weight(record)
         if packed.keep is not None:
             y, w, entries = take_rows(y, packed.keep), take_rows(w, packed.keep), entries[packed.keep]
         return dataclasses.replace(packed, y=y, w=w, keep=None), entries

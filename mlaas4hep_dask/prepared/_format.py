@@ -15,13 +15,13 @@ import dataclasses
 import errno
 import os
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mlaas4hep_dask._atomic import replacing
 from mlaas4hep_dask.errors import OutputError, PreparedError
 from mlaas4hep_dask.handle._layout import Layout, Packed
 
@@ -127,16 +127,14 @@ def write_shard(path: Path, table: Any, key: str) -> tuple[int, int]:
     """
     import pyarrow as pa
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=max(1, len(table)))
-        with open(tmp, "rb") as f:
-            data = f.read()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table, max_chunksize=max(1, len(table)))
+            with open(tmp, "rb") as f:
+                data = f.read()
+                os.fsync(f.fileno())
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         why = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
         raise OutputError(
             f"cannot write shard {path.name} of prepared dataset {key}: {why} ({path.parent})"

@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from mlaas4hep_dask.config._params import Params
+from mlaas4hep_dask.errors import InputNotFoundError
 from mlaas4hep_dask.handle._preprocess import Preproc
 from mlaas4hep_dask.handle._specs import Specs
 from mlaas4hep_dask.prepared._format import FORMAT
 from mlaas4hep_dask.read._dataset import Dataset
 from mlaas4hep_dask.read._inspect import InputFile
-from mlaas4hep_dask.read._sources import REMOTE
+from mlaas4hep_dask.read._sources import REMOTE, file_identity
 
 __all__ = ["dataset_key", "identity"]
 
@@ -36,8 +37,11 @@ def identity(f: InputFile) -> str:
     """
     if f.url.startswith(REMOTE):
         return f"{f.uuid or f.url}:{f.size}"
-    st = os.stat(f.url)
-    return f"{f.uuid or os.path.realpath(f.url)}:{st.st_size}:{st.st_mtime_ns}"
+    local = file_identity(f.url)
+    if local is None:
+        raise InputNotFoundError(f"input file {f.path!r} is gone")
+    _, _, size, mtime_ns = local
+    return f"{f.uuid or os.path.realpath(f.url)}:{size}:{mtime_ns}"
 
 
 def _ranges(dataset: Dataset) -> list[tuple[int, int]]:

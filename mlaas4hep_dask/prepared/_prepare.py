@@ -23,7 +23,7 @@ import numpy as np
 
 from mlaas4hep_dask._compute import compute
 from mlaas4hep_dask.config._params import Params, load_labels, load_params
-from mlaas4hep_dask.errors import PreparedError
+from mlaas4hep_dask.errors import ConfigError, PreparedError
 from mlaas4hep_dask.handle._checks import check_specs
 from mlaas4hep_dask.handle._layout import Layout
 from mlaas4hep_dask.handle._preprocess import Preproc, load_preproc, make_plan
@@ -52,8 +52,6 @@ def targets(
     labels: str | Path | Sequence[float] | None, params: Params, dataset: Dataset
 ) -> list[float] | None:
     """One label per input file: given, or the sample list's, or ``None`` (a ``label_branch``)."""
-    from mlaas4hep_dask.errors import ConfigError
-
     if labels is not None and params.label_branch is not None:
         raise ConfigError("give either labels (labels.txt) or 'label_branch' in params, not both")
     out = load_labels(labels, len(dataset.files))
@@ -103,8 +101,11 @@ class Prepared:
     def load(cls, folder: Folder) -> Prepared | None:
         """The complete dataset in ``folder``, or ``None``."""
         doc = folder.manifest()
-        if doc is None:
-            return None
+        return None if doc is None else cls.of(folder, doc)
+
+    @classmethod
+    def of(cls, folder: Folder, doc: Mapping[str, Any]) -> Prepared:
+        """The dataset that manifest ``doc`` of ``folder`` describes."""
         return cls(
             folder.path,
             folder.key,
@@ -155,7 +156,7 @@ class WriteShard:
         with self.folder.writing(name) as done:
             if done is not None:
                 return done
-            packed, entries = self.tensorize.handled(partition, start, file_index)
+            packed, entries = self.tensorize.handled(partition, file_index, start)
             table = shard_table(self.tensorize.layout, self.roles, packed, entries)
             size, crc = write_shard(self.folder.path / name, table, self.folder.key)
             weight = self.tensorize.weight_branch
@@ -259,20 +260,14 @@ def prepare(
         _, names = _shard_names(dataset)
         if repair:
             _check_all(folder, [names[i, a][0] for i, a, _ in dataset.partitions])
-        missing = [
-            k for k, (i, a, _) in enumerate(dataset.partitions) if folder.written(names[i, a][0]) is None
-        ]
+        found = [folder.written(names[i, a][0]) for i, a, _ in dataset.partitions]
+        missing = [k for k, info in enumerate(found) if info is None]
         writer = WriteShard(Tensorize(plan, layout, p, "train", labels), folder, names, roles)
         tasks = dataset.map_partitions(writer, plan.columns)
-        if missing:
-            compute([tasks[k] for k in missing], client)
-        found = [folder.written(names[i, a][0]) for i, a, _ in dataset.partitions]
-        lost = [names[i, a][0] for (i, a, _), s in zip(dataset.partitions, found, strict=True) if s is None]
-        if lost:
-            raise PreparedError(
-                f"prepared dataset {folder.key}: shard {lost[0]} was not written", shard=lost[0]
-            )
-        infos = [s for s in found if s is not None]
+        if missing:  # each task returns the record of the shard it wrote (or found written)
+            for k, info in zip(missing, compute([tasks[k] for k in missing], client), strict=True):
+                found[k] = info
+        infos = [info for info in found if info is not None]
         manifest = {
             **claimed,
             "shards": [dataclasses.asdict(s) for s in sorted(infos, key=lambda s: (s.file, s.start))],
@@ -282,8 +277,7 @@ def prepare(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_json(folder.path / "manifest.json", manifest)
-        ready = Prepared.load(folder)
-        assert ready is not None
+        ready = Prepared.of(folder, manifest)
         seconds = time.perf_counter() - start
         _log.info(
             "prepared %s: %d events in %d shards (%d written) in %.1f s", folder.key[:12], ready.events,

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mlaas4hep_dask._atomic import replacing, sibling
 from mlaas4hep_dask.errors import ConfigError, OutputError
 from mlaas4hep_dask.prepared._format import ShardInfo
 
@@ -44,12 +45,10 @@ _HOST = socket.gethostname()
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` to ``path`` at once (a temporary file renamed into place)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
 
 
@@ -94,7 +93,7 @@ class Folder:
     def claim(self, plan: dict[str, Any]) -> dict[str, Any]:
         """Create ``plan.json`` unless another preparation did first; return the one in place."""
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".plan.{uuid.uuid4().hex[:8]}.tmp"
+        tmp = sibling(self.path / "plan.json")
         tmp.write_text(json.dumps(plan, indent=1))
         try:
             os.link(tmp, self.path / "plan.json")  # fails if it exists: the first one wins
@@ -296,11 +295,14 @@ class Store:
 
 
 def _bytes(text: str, what: str) -> int:
-    """``200e9``, ``200G``, ``1.5T``, ``500M`` as a number of bytes."""
-    units = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-    t = text.strip().upper().removesuffix("B")
+    """``200e9``, ``200G``, ``1.5TB``, ``500MiB`` as a number of bytes (Dask's notation)."""
+    from dask.utils import parse_bytes
+
+    t = text.strip()
     try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(float(t))
+        if not t[:1].isdigit() and t[:1] != ".":  # Dask reads "" as 1 byte and "G" as 1e9
+            raise ValueError(t)
+        return int(parse_bytes(t))
     except ValueError:
         raise ConfigError(f"{what}: {text!r} is not a size (e.g. 200G, 1.5T, 5e11)") from None
 
