@@ -103,6 +103,18 @@ def test_shards_deal_every_event_to_one_rank_in_equal_steps(data: list[Path]) ->
             for s in shards
         ]
         assert not all(np.array_equal(firsts[0], f) for f in firsts[1:])
+    # a batch per trainer: each rank takes that many events a step, every event still once
+    per_trainer = {**params, "batch_size_per_trainer": 96}
+    whole = BatchLoader(data, specs, per_trainer, labels=LABELS, client="sync")
+    assert max(len(y) for _, y in whole) == 96  # one trainer: a batch of that size
+    shards = whole.shards(2)
+    seen = Counter()
+    for shard in shards:
+        batches = list(BatchLoader(data, specs, per_trainer, labels=LABELS, client="sync", shard=shard))
+        assert len(batches) == shard.steps == -(-max(len(s) for s in shards) // 96)
+        assert max(len(y) for _, y in batches) <= 96
+        seen.update(_fingerprints(np.concatenate([X for X, _ in batches])))
+    assert seen == everything
 
 
 def test_two_torch_trainers_learn_like_one_and_no_batch_reaches_the_client(
@@ -140,6 +152,29 @@ def test_two_torch_trainers_learn_like_one_and_no_batch_reaches_the_client(
     bundles = [json.loads((tmp_path / r / "bundle.json").read_text()) for r in ("one", "two")]
     assert bundles[0].keys() == bundles[1].keys()
     assert bundles[0]["features"] == bundles[1]["features"]
+
+
+def test_a_batch_per_trainer_learns_like_one_trainer_with_the_threads_set(
+    data: list[Path], client: Any, tmp_path: Path
+) -> None:
+    from mlaas4hep_dask.fit._data_parallel import thread_counts
+
+    params = {**PARAMS, "batch_size_per_trainer": 128, "lr_scaling": "linear", "warmup_epochs": 1}
+    one = train(data, MODELS / "torch_model.py", params, LABELS, out=tmp_path / "one", client=client)
+    two = train(
+        data, MODELS / "torch_model.py", params, LABELS, out=tmp_path / "two", client=client, trainers=2
+    )
+    assert abs(two.metrics["final"]["val_auc"] - one.metrics["final"]["val_auc"]) < 0.01
+    steps = two.metrics["final"]["step_times"]
+    cores = client.scheduler_info()["workers"].values()
+    assert [s["threads"] for s in steps] == [thread_counts(w["nthreads"]) for w in cores]
+    train_events = sum(BatchLoader(data, one.path / "specs.json", params, labels=LABELS, client="sync").counts)
+    # the step's batch grew with the trainers: half the steps of one trainer
+    assert [s["steps"] for s in steps] == [3 * -(-train_events // 256)] * 2
+    assert one.metrics["final"]["step_times"][0]["steps"] == 3 * -(-train_events // 128)
+    for s in steps:  # every phase of a step timed, and together less than the training
+        assert all(s[k] > 0 for k in ("batch", "compute", "all_reduce", "optimizer"))
+        assert sum(s[k] for k in ("data", "batch", "compute", "all_reduce", "optimizer")) < 1.0
 
 
 def test_every_train_event_is_seen_once_per_epoch_across_the_ranks(

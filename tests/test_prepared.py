@@ -98,10 +98,12 @@ def test_the_store_reads_with_pyarrow_alone(data: list[str], tmp_path: Path) -> 
     ready = prepare(data, tmp_path / "store", PARAMS, LABELS, client="threads")
     manifest = json.loads((ready.path / "manifest.json").read_text())
     columns = manifest["columns"]
-    wanted = {*columns["flat"], *columns["jagged"], columns["entry"], columns["label"]}
+    wanted = [columns["entry"], columns["rows"], columns["label"]]
     tables = [feather.read_table(ready.path / shard["name"]) for shard in manifest["shards"]]
     assert [len(t) for t in tables] == [s["rows"] for s in manifest["shards"]]
-    assert all(wanted <= set(t.column_names) for t in tables)
+    assert all(t.column_names == wanted for t in tables)
+    features = columns["features"]
+    assert json.loads(tables[0].schema.field(columns["rows"]).metadata[b"features"]) == features
     assert sum(map(len, tables)) == manifest["events"] == 6000
     by_identity = {identity(f): f.path for f in open_dataset(data, PARAMS).files}
     for shard, table in zip(manifest["shards"], tables, strict=True):
@@ -112,7 +114,9 @@ def test_the_store_reads_with_pyarrow_alone(data: list[str], tmp_path: Path) -> 
         assert entries.min() >= shard["start"]
         assert entries.max() < shard["stop"]
         expected = (met[entries] - lo) / (hi - lo)
-        np.testing.assert_allclose(table.column("MET").to_numpy(), expected, rtol=1e-5, atol=1e-6)
+        X = table.column(columns["rows"]).combine_chunks().flatten().to_numpy().reshape(len(table), -1)
+        assert X.shape == (len(table), len(features))
+        np.testing.assert_allclose(X[:, features.index("MET")], expected, rtol=1e-5, atol=1e-6)
         assert set(table.column(columns["label"]).to_numpy()) <= {0, 1}
 
 

@@ -35,12 +35,17 @@ class _Inline:
 
 
 class _Threads:
-    """A pool of threads, each computing one partition with the synchronous scheduler."""
+    """A pool of threads, each computing one partition with the synchronous scheduler: as many
+    as the Dask config key ``mlaas4hep.loader.threads`` says, else one per core."""
 
     def __init__(self) -> None:
         import os
 
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+        import dask
+
+        # a trainer on a worker sets it from its cores (see mlaas4hep_dask.fit._rank)
+        threads = dask.config.get("mlaas4hep.loader.threads", None) or os.cpu_count() or 2
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=int(threads))
 
     def submit(self, task: Any) -> Any:
         return self.pool.submit(compute, [task], "sync")

@@ -42,7 +42,7 @@ from mlaas4hep_dask.errors import ConfigError
 from mlaas4hep_dask.handle._checks import check_specs
 from mlaas4hep_dask.handle._layout import Layout, Packed
 from mlaas4hep_dask.handle._preprocess import Preproc, load_preproc, make_plan
-from mlaas4hep_dask.handle._rows import Block, Chunk, RowBuffers
+from mlaas4hep_dask.handle._rows import Block, Chunk, RowBuffers, received
 from mlaas4hep_dask.handle._specs import Specs
 from mlaas4hep_dask.handle._tensorize import Tensorize
 from mlaas4hep_dask.handle._weights import WeightScale
@@ -134,7 +134,7 @@ class BatchLoader:
             raise ConfigError("the shard was dealt from other partitions of these inputs")
         self._tasks: list[Any] | None = None
         self._next: dict[int, Any] = {}  # partitions of the next epoch's first chunks, computing
-        self._kept: dict[int, Packed] = {}  # ... and those this epoch had at its end, kept for it
+        self._kept: dict[int, Packed | Block] = {}  # ... and those this epoch had at its end, kept for it
         self._buffers = RowBuffers()
         self.epoch = 0
 
@@ -156,10 +156,13 @@ class BatchLoader:
         """This split dealt to ``world`` data-parallel trainers (see :func:`deal`).
 
         ``batch_size`` stays the batch of one optimizer step: each trainer takes
-        ``ceil(batch_size / world)`` events of it, so N trainers follow the path of one.
+        ``ceil(batch_size / world)`` events of it, so N trainers follow the path of one;
+        with ``batch_size_per_trainer``, each takes that many a step (the step's batch grows
+        with ``world``).
         """
         files = [f for f, _, _ in self.dataset.partitions]
-        shards = deal(self.counts, files, world, math.ceil(self.params.batch_size / world))
+        per_trainer = self.params.batch_size_per_trainer or math.ceil(self.params.batch_size / world)
+        shards = deal(self.counts, files, world, per_trainer)
         return [dataclasses.replace(s, scale=self.weight_scale, file_scale=self.file_scale) for s in shards]
 
     @property
@@ -324,7 +327,7 @@ class BatchLoader:
             for piece in chunk:
                 p = piece.partition
                 if p not in ready:
-                    ready[p] = Packed(*self._executor.result(pending.pop(p)))
+                    ready[p] = received(self._executor.result(pending.pop(p)))
                 pieces.append((ready[p], piece.lo, piece.hi))
                 if last_use[p] == k:
                     packed = ready.pop(p)
@@ -334,7 +337,7 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
         steps = None if self.shard is None else self.shard.steps
-        sizes = batch_sizes(len(self), self.params.batch_size, steps)
+        sizes = batch_sizes(len(self), self.params.batch_size_per_trainer or self.params.batch_size, steps)
         size = next(sizes, 0)
         parts: list[Block] = []  # the start of a batch that continues in the next chunk
         have = 0

@@ -93,6 +93,13 @@ class Params:
         Chunks prepared ahead of the trainer (memory holds at most ``prefetch + 1`` chunks).
     learning_rate
         Optimizer step size for PyTorch models (and Keras models we compile).
+    batch_size_per_trainer, lr_scaling, warmup_epochs
+        Data-parallel training with a batch per trainer (``null``, default: ``batch_size`` is
+        the batch of one step, split over the trainers, as one trainer would take it): each
+        of ``N`` trainers takes this many events a step, so a step takes ``N`` times as many
+        and an epoch ``N`` times fewer steps; its learning rate is ``learning_rate`` times
+        ``N`` (``lr_scaling`` ``"linear"``), ``sqrt(N)`` (``"sqrt"``) or 1 (``"none"``),
+        reached linearly over the first ``warmup_epochs`` (default 0: from the start).
     max_fit_events
         Largest training set given at once to a scikit-learn estimator without
         ``partial_fit`` (which cannot stream).
@@ -132,6 +139,9 @@ class Params:
     class_weight: str | None = None
     prefetch: int = 2
     learning_rate: float = 1e-3
+    batch_size_per_trainer: int | None = None
+    lr_scaling: str = "linear"
+    warmup_epochs: float = 0.0
     max_fit_events: int = 2_000_000
     trainers: int | str | None = None
     seed: int = 42
@@ -153,6 +163,7 @@ class Params:
             ("nan_policy", ("replace", "drop")),
             ("weight_norm", ("class", "mean", "none")),
             ("class_weight", (None, "balanced")),
+            ("lr_scaling", ("linear", "sqrt", "none")),
         ):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"params: {key!r} must be one of {allowed}, not {getattr(self, key)!r}")
@@ -162,6 +173,10 @@ class Params:
             isinstance(self.trainers, bool) or not isinstance(self.trainers, int) or self.trainers < 1
         ):
             raise ConfigError(f"params: 'trainers' must be a positive number or 'all', not {self.trainers!r}")
+        if self.batch_size_per_trainer is not None and self.batch_size_per_trainer < 1:
+            raise ConfigError("params: 'batch_size_per_trainer' must be at least 1, or null")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"params: 'warmup_epochs' must be >= 0, not {self.warmup_epochs!r}")
         if self.prefetch < 0:
             raise ConfigError(f"params: 'prefetch' must be >= 0, not {self.prefetch!r}")
         if self.xrootd_handler not in ("xrootd", "fsspec"):
@@ -219,7 +234,7 @@ class Params:
             elif f.name == "trainers":
                 prop = {"oneOf": [{"type": "integer", "minimum": 1}, {"const": "all"}, {"type": "null"}]}
             elif default is None:
-                prop = {"type": ["integer", "null"] if f.name == "max_jagged" else ["string", "null"]}
+                prop = {"type": ["integer", "null"] if f.name in _OPTIONAL_INTS else ["string", "null"]}
             else:
                 prop = {"type": kinds[type(default)]}
             properties[f.name] = {**prop, "default": default}
@@ -238,6 +253,9 @@ class Params:
     def to_dict(self) -> dict[str, Any]:
         """The params as a JSON-ready dict."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+_OPTIONAL_INTS = ("max_jagged", "batch_size_per_trainer")
 
 
 def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
@@ -259,7 +277,7 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, str) and value.isdigit():
             return int(value)
         raise bad
-    if name == "max_jagged":
+    if name in _OPTIONAL_INTS:
         if value is None or (isinstance(value, int) and not isinstance(value, bool)):
             return value
         raise bad

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -20,10 +21,12 @@ __all__ = [
     "FRAMEWORKS",
     "EpochClock",
     "Fitting",
+    "StepTimes",
     "Task",
     "Waited",
     "backend",
     "collect",
+    "learning_rate",
     "metrics",
     "optional_import",
     "task_of",
@@ -51,8 +54,9 @@ class Fitting:
     metrics the framework computed itself); ``on_batch(n)`` after ``n`` events;
     ``checkpoint(epoch, state)`` after each epoch with the backend's state (bytes) when the
     backend can resume, which it does from ``resume`` (the state of the last finished epoch).
-    ``wrap`` wraps a PyTorch module for data-parallel training (``DistributedDataParallel``);
-    ``trainers`` is the number of workers XGBoost trains on (``None``: all).
+    ``average(module)`` (data-parallel ranks) returns what averages the module's gradients
+    over the ranks after each backward pass; ``trainers`` is the number of workers XGBoost
+    trains on (``None``: all); ``times`` collects where the steps' time goes.
     """
 
     task: Task
@@ -63,8 +67,56 @@ class Fitting:
     valid: BatchLoader | None = None
     checkpoint: Callable[[int, bytes], None] | None = None
     resume: bytes | None = None
-    wrap: Callable[[Any], Any] | None = None
+    average: Callable[[Any], Callable[[], None]] | None = None
     trainers: int | str | None = None
+    times: StepTimes | None = None
+
+
+@dataclasses.dataclass
+class StepTimes:
+    """Seconds of a trainer's optimizer steps, phase by phase (the wait for data is :class:`Waited`'s).
+
+    ``batch``: the batch made a tensor on the device; ``compute``: forward and backward;
+    ``all_reduce``: the gradients averaged over the ranks; ``optimizer``: the update.  On a GPU
+    the phases are timed to their end only with ``synchronize`` (the benchmark's setting):
+    else a phase's time is that of launching its kernels.
+    """
+
+    steps: int = 0
+    batch: float = 0.0
+    compute: float = 0.0
+    all_reduce: float = 0.0
+    optimizer: float = 0.0
+    synchronize: bool = False
+
+    def as_dict(self, waited: float, seconds: float) -> dict[str, float]:
+        """Each phase's share of ``seconds`` of training, ``data`` the wait of ``waited`` seconds."""
+        phases = {"data": waited, "batch": self.batch, "compute": self.compute}
+        phases |= {"all_reduce": self.all_reduce, "optimizer": self.optimizer}
+        shares = {k: round(v / max(seconds, 1e-9), 4) for k, v in phases.items()}
+        return shares | {"steps": self.steps, "seconds": round(seconds, 4)}
+
+
+def learning_rate(params: Params, world: int, epochs_done: float) -> float:
+    """The step size after ``epochs_done`` (fractional) epochs of ``world`` data-parallel trainers.
+
+    With ``batch_size_per_trainer``, ``learning_rate`` scaled by ``lr_scaling`` for a step's
+    ``world`` times larger batch, reached linearly from ``learning_rate`` over the first
+    ``warmup_epochs``; else ``learning_rate`` (the path of one trainer).
+
+    Examples
+    --------
+    >>> p = Params(learning_rate=0.01, batch_size_per_trainer=256, warmup_epochs=2)
+    >>> [round(learning_rate(p, 4, e), 3) for e in (0, 1, 2, 5)]
+    [0.01, 0.025, 0.04, 0.04]
+    """
+    base = params.learning_rate
+    if params.batch_size_per_trainer is None:
+        return base
+    factor = {"linear": float(world), "sqrt": math.sqrt(world), "none": 1.0}[params.lr_scaling]
+    if params.warmup_epochs > 0 and epochs_done < params.warmup_epochs:
+        return base + base * (factor - 1.0) * epochs_done / params.warmup_epochs
+    return base * factor
 
 
 class Waited:

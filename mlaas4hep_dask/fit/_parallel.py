@@ -11,7 +11,8 @@ A worker lost mid-training (killed, out of memory) ends the others' collectives 
 client then resumes from the last checkpoint on the workers that remain, up to
 ``restarts`` times, or fails with one line naming the lost worker.  Both are Dask config
 keys: ``mlaas4hep.train.restarts`` (default 2) and ``mlaas4hep.train.timeout`` (seconds,
-default 90).
+default 90).  ``mlaas4hep.train.profile`` (default false) times a GPU step's phases to their
+end (a synchronize each), for the benchmark.
 """
 
 from __future__ import annotations
@@ -188,13 +189,14 @@ def train_on_workers(
     -------
     dict
         ``framework``, ``weights`` (a checkpoint blob), ``validation`` and ``test`` score
-        blocks, ``seconds``, ``data_wait`` (per rank) and ``device``.
+        blocks, ``seconds``, ``data_wait`` and ``step_times`` (per rank) and ``device``.
     """
     import dask
 
     restarts = int(dask.config.get("mlaas4hep.train.restarts", RESTARTS)) if restarts is None else restarts
     timeout = float(dask.config.get("mlaas4hep.train.timeout", TIMEOUT)) if timeout is None else timeout
     source = model.read_text()
+    profile = bool(dask.config.get("mlaas4hep.train.profile", False))
     last = resume
 
     def keep(epoch: int, state: bytes) -> None:
@@ -234,6 +236,7 @@ def train_on_workers(
                 threads=int(everyone[w].get("nthreads", 1)),
                 scheduler=scheduler,
                 store=first.store,
+                profile=profile,
             )
             for r, w in enumerate(workers)
         ]

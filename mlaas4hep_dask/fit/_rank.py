@@ -7,10 +7,10 @@ a cancel or a dead peer can end it for certain.  The process reads, preprocesses
 its shard of the data itself (a :class:`~mlaas4hep_dask.BatchLoader` with a thread pool, on
 the worker's machine) or, when the cluster has more workers than trainers, has the other
 workers read and tensorize it (``scheduler``: the trainer is a client of the cluster, and
-fetches the tensorized partitions straight from the workers), trains the model wrapped in
-``DistributedDataParallel``, and reports on the pipe ``FD`` in JSON lines: progress, epochs,
-checkpoints, and one error line if it fails.  Rank 0's task forwards these to the client
-through a ``distributed.Queue``; batches never reach the client.
+fetches the tensorized partitions straight from the workers), trains the model with its
+gradients averaged over the trainers (:mod:`._data_parallel`), and reports on the pipe ``FD``
+in JSON lines: progress, epochs, checkpoints, and one error line if it fails.  Rank 0's task
+forwards these to the client through a ``distributed.Queue``; batches never reach the client.
 """
 
 from __future__ import annotations
@@ -40,11 +40,13 @@ from mlaas4hep_dask.fit._common import (
     OVERTRAINING_SAMPLE,
     EpochClock,
     Fitting,
+    StepTimes,
     Task,
     Waited,
     collect,
     metrics,
 )
+from mlaas4hep_dask.fit._data_parallel import averaging, thread_counts
 from mlaas4hep_dask.handle._preprocess import Preproc
 from mlaas4hep_dask.handle._rows import Block
 from mlaas4hep_dask.handle._specs import Specs
@@ -76,6 +78,7 @@ class RankJob:
     threads: int
     scheduler: str | None = None
     store: Any = None  # the Prepared dataset to read instead of the ROOT files
+    profile: bool = False  # time a GPU step's phases to their end (a synchronize each)
 
 
 def free_port() -> tuple[str, int]:
@@ -113,6 +116,7 @@ def run_rank(job: bytes, rank: int, channel: str) -> dict[str, Any]:
             secret.write_bytes(pickle.dumps(worker.security))
         read, write = os.pipe()
         env = {**os.environ, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        env["OMP_NUM_THREADS"] = str(thread_counts(worker.state.nthreads)["torch"])  # the worker's cores
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlaas4hep_dask.fit._trainer", str(path), str(write)],
             pass_fds=(write,), env=env, cwd=tmp,
@@ -171,13 +175,17 @@ def _gather(block: Block | None, rank: int, world: int) -> Block | None:
 
 
 def _train(job: RankJob, send: Callable[..., None], workdir: Path, security: Any) -> dict[str, Any]:
+    import dask
     import torch
     import torch.distributed as dist
 
     from mlaas4hep_dask.fit._common import backend
     from mlaas4hep_dask.fit._model_file import build_model, load_model_file
 
-    torch.set_num_threads(max(1, job.threads))
+    threads = thread_counts(job.threads)
+    torch.set_num_threads(threads["torch"])
+    torch.set_num_interop_threads(threads["interop"])
+    dask.config.set({"mlaas4hep.loader.threads": threads["loader"]})
     be = backend("torch")
     device = be.pick_device(job.device)
     dist.init_process_group(
@@ -241,16 +249,20 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path, security: Any
             path.write_bytes(state)
             send(kind="checkpoint", epoch=epoch, path=str(path))
 
-    def wrap(model: Any) -> Any:
-        ids = [torch.cuda.current_device()] if device == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
     start = time.perf_counter()
-    how = Fitting(job.task, job.params, device, on_epoch, on_batch, None, checkpoint, job.resume, wrap)
+    times = StepTimes(synchronize=job.profile)
+    how = Fitting(
+        job.task, job.params, device, on_epoch, on_batch, None, checkpoint, job.resume,
+        lambda model: averaging(model, job.world), times=times,
+    )  # fmt: skip
     net = be.fit(net, train, how)
     seconds = time.perf_counter() - start
     waits: list[Any] = [None] * job.world
     dist.all_gather_object(waits, train.waited / max(seconds, 1e-9))
+    steps: list[Any] = [None] * job.world
+    pools = {"torch": torch.get_num_threads(), "interop": torch.get_num_interop_threads()}
+    pools["loader"] = loaders["train"]._executor.pool._max_workers if job.scheduler is None else 0
+    dist.all_gather_object(steps, times.as_dict(train.waited, seconds) | {"threads": pools})
     val_block = scored["validation"] if "validation" in scored else evaluate("validation")
     test_block = evaluate("test")
     # rank 0's share takes of every file, in proportion: its first events are a fair sample
@@ -270,6 +282,7 @@ def _train(job: RankJob, send: Callable[..., None], workdir: Path, security: Any
         "train_sample": train_sample,
         "seconds": seconds,
         "data_wait": waits,
+        "step_times": steps,
         "device": device,
     }
 

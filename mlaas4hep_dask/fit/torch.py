@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from mlaas4hep_dask.batches._loader import BatchLoader
-from mlaas4hep_dask.fit._common import Fitting, Task, optional_import
+from mlaas4hep_dask.fit._common import Fitting, StepTimes, Task, learning_rate, optional_import
 
 __all__ = ["fit", "load", "pick_device", "predict", "restore", "save", "state"]
 
@@ -94,10 +95,12 @@ def restore(blob: bytes, model: Any, optimizer: Any = None) -> int:
 
 
 def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
-    """Adam at ``learning_rate``; bf16 autocast on CUDA (no loss scaling needed).
+    """Adam at ``learning_rate`` (see :func:`~mlaas4hep_dask.fit._common.learning_rate`); bf16
+    autocast on CUDA (no loss scaling needed).
 
-    With ``how.wrap`` (data-parallel ranks) the wrapped module computes and the gradients are
-    averaged over the ranks; checkpoints hold the unwrapped module, so they load anywhere.
+    With ``how.average`` (data-parallel ranks) the gradients are averaged over the ranks after
+    each backward pass; the module stays unwrapped, so checkpoints load anywhere.  Each step's
+    phases are timed into ``how.times`` when given.
     """
     torch = _torch()
     task, params, device = how.task, how.params, how.device
@@ -106,18 +109,30 @@ def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     done = restore(how.resume, model, optimizer) if how.resume is not None else 0
     train.epoch = done  # the shuffles continue as if the run had not stopped
-    net = how.wrap(model) if how.wrap is not None else model
+    average = how.average(model) if how.average is not None else None
+    shard = getattr(train, "shard", None)
+    world, events = (shard.world if shard is not None else 1), max(len(train), 1)
     loss_fn = _loss(model, task)
     keyword = {"training": True} if _is_keras(model) else {}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
     pin = device == "cuda"
+    times = how.times
+    clock = _Clock(times, torch if times is not None and times.synchronize and pin else None)
+    rate = None
     for epoch in range(done + 1, params.epochs + 1):
-        net.train()
+        model.train()
         total, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per step
         for batch in train:
+            clock.start()
+            step_rate = learning_rate(params, world, epoch - 1 + seen / events)
+            if step_rate != rate:
+                rate = step_rate
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
             X, y, *w = (_to(torch.from_numpy(a), device, pin) for a in batch)
+            clock.lap("batch")
             with autocast:
-                out = net(X, **keyword).float()
+                out = model(X, **keyword).float()
             out = out.reshape(len(y)) if task.kind != "multiclass" else out
             target = y.float() if task.kind != "multiclass" else y.long()
             losses = loss_fn(out, target)
@@ -126,7 +141,12 @@ def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
             loss = losses.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            clock.lap("compute")
+            if average is not None:
+                average()
+                clock.lap("all_reduce")
             optimizer.step()
+            clock.lap("optimizer")
             total += loss.detach() * len(y)
             seen += len(y)
             how.on_batch(len(y))
@@ -134,6 +154,27 @@ def fit(model: Any, train: BatchLoader, how: Fitting) -> Any:
         if how.checkpoint is not None:
             how.checkpoint(epoch, state(model, optimizer, epoch))
     return model
+
+
+class _Clock:
+    """Adds the seconds since the last mark to a phase of :class:`StepTimes` (a no-op without one)."""
+
+    def __init__(self, times: StepTimes | None, cuda: Any = None) -> None:
+        self.times, self.cuda, self.mark = times, cuda, 0.0
+
+    def start(self) -> None:
+        if self.times is not None:
+            self.times.steps += 1
+            self.mark = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.times is None:
+            return
+        if self.cuda is not None:
+            self.cuda.cuda.synchronize()
+        now = time.perf_counter()
+        setattr(self.times, phase, getattr(self.times, phase) + now - self.mark)
+        self.mark = now
 
 
 def _to(tensor: Any, device: str, pin: bool) -> Any:

@@ -20,7 +20,8 @@ from mlaas4hep_dask.batches._executors import Distributed
 from mlaas4hep_dask.batches._loader import BatchLoader
 from mlaas4hep_dask.config._params import Params
 from mlaas4hep_dask.fit._common import Fitting, Task, optional_import
-from mlaas4hep_dask.handle._layout import Layout, Packed
+from mlaas4hep_dask.handle._layout import Layout
+from mlaas4hep_dask.handle._rows import Block, received
 
 __all__ = ["fit", "load", "predict", "save"]
 
@@ -60,10 +61,10 @@ def _params(model: Any, task: Task, params: Params, device: str) -> tuple[dict[s
 def _part(sent: tuple[Any, ...], index: int, layout: Layout) -> np.ndarray:
     """One array of a packed partition: its rows of X (0), or its labels (1) or weights (2)
     as float32 for XGBoost."""
-    packed = Packed(*sent)
+    events = received(sent)
     if index == 0:
-        return layout.unpacked(packed)
-    values = packed.y if index == 1 else packed.w
+        return events.X if isinstance(events, Block) else layout.unpacked(events)
+    values = events.y if index == 1 else events.w
     assert values is not None
     return values.astype(np.float32, copy=False)
 

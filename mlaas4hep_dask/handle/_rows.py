@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +13,7 @@ import numpy as np
 
 from mlaas4hep_dask.handle._layout import Layout, Packed
 
-__all__ = ["Block", "Chunk", "RowBuffers", "take_rows"]
+__all__ = ["Block", "Chunk", "RowBuffers", "received", "take_rows"]
 
 
 @dataclasses.dataclass
@@ -64,7 +66,7 @@ class Chunk:
     def assemble(
         cls,
         layout: Layout,
-        pieces: Sequence[tuple[Packed, int, int]],
+        pieces: Sequence[tuple[Packed | Block, int, int]],
         rng: Any = None,
         buffers: RowBuffers | None = None,
     ) -> Chunk:
@@ -73,18 +75,38 @@ class Chunk:
         With ``rng``, the chunk's position ``j`` is row ``order[j]`` of the rows in reading
         order, ``order`` a uniformly random permutation drawn from ``rng`` (see
         :func:`_order`).  The rows are written into one of ``buffers`` (a used chunk's,
-        returned by its consumer) when there is one.
+        returned by its consumer) when there is one.  Pieces that are rows already
+        (:class:`Block`, read from a prepared store) are gathered in the order of use at once
+        (see :meth:`gather`).
         """
+        if pieces and isinstance(pieces[0][0], Block):
+            return cls.gather(pieces, rng)  # type: ignore[arg-type]
         n = sum(hi - lo for _, lo, hi in pieces)
         X = buffers.get(n, layout.idim) if buffers is not None else np.empty((n, layout.idim), np.float32)
         at = 0
         for packed, lo, hi in pieces:
-            layout.unpack(packed, X[at : at + hi - lo], lo)
+            layout.unpack(packed, X[at : at + hi - lo], lo)  # type: ignore[arg-type]
             at += hi - lo
         first = pieces[0][0] if pieces else None
         y = None if first is None or first.y is None else np.concatenate([p.y[lo:hi] for p, lo, hi in pieces])  # type: ignore[index]
         w = None if first is None or first.w is None else np.concatenate([p.w[lo:hi] for p, lo, hi in pieces])  # type: ignore[index]
         return cls(Block(X, y, w), None if rng is None else _order(n, rng))
+
+    @classmethod
+    def gather(cls, pieces: Sequence[tuple[Block, int, int]], rng: Any = None) -> Chunk:
+        """Rows ``[lo, hi)`` of each block as one chunk, in the order of use: position ``j``
+        holds row ``order[j]`` of the rows in reading order (the order :meth:`assemble` draws).
+
+        One copy a row, into a new array that batches then view; the rows are read where they
+        are (a prepared shard's memory map), in two threads for a large chunk (see :func:`_gathered`).
+        """
+        n = sum(hi - lo for _, lo, hi in pieces)
+        y, w = (_joined([getattr(b, k) for b, _, _ in pieces], pieces) for k in "yw")
+        if rng is None:
+            return cls(Block(np.concatenate([b.X[lo:hi] for b, lo, hi in pieces]), y, w), None)
+        order = _order(n, rng)
+        X = _gathered([b.X[lo:hi] for b, lo, hi in pieces], order)
+        return cls(Block(X, take_rows(y, order), take_rows(w, order)), None)
 
     def rows(self, a: int, b: int) -> Block:
         """Positions ``[a, b)`` of the chunk (a view when unshuffled, else a copy)."""
@@ -121,6 +143,52 @@ class RowBuffers:
         with self._lock:
             if len(self._free) < self.keep:
                 self._free.append(whole)
+
+
+def received(sent: Sequence[np.ndarray | None]) -> Packed | Block:
+    """A partition as a worker sends it: the five arrays of :meth:`Packed.sent` (normalized,
+    to be padded here), or the rows, targets and weights ``(X, y, w)`` of a prepared shard."""
+    return Block(*sent) if len(sent) == 3 else Packed(*sent)  # type: ignore[arg-type]
+
+
+def _joined(
+    values: Sequence[np.ndarray | None], pieces: Sequence[tuple[Block, int, int]]
+) -> np.ndarray | None:
+    """The pieces' ``[lo, hi)`` of one per-event array (targets or weights), one after the other."""
+    if values[0] is None:
+        return None
+    return np.concatenate([v[lo:hi] for v, (_, lo, hi) in zip(values, pieces, strict=True)])  # type: ignore[index]
+
+
+#: Rows from which a gather is split over two threads (on more than one core).
+_SPLIT = 1 << 16
+_helper: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _gathered(parts: Sequence[np.ndarray], order: np.ndarray) -> np.ndarray:
+    """Rows ``order`` of ``parts`` taken one after the other, in a new array.
+
+    The parts (views of memory-mapped shards) are first copied side by side: read in order,
+    their pages are mapped a few at a time, where a random gather would fault on each.  A
+    random gather of whole rows is then bound by memory latency (15-20 M rows of 40 floats a
+    second on one core here), so a large chunk is gathered by this thread and a helper, half
+    each (1.5x here).
+    """
+    global _helper
+    from mlaas4hep_dask.read._kernels import gather_rows
+
+    rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    out = np.empty((len(order), rows.shape[1]), np.float32)
+    half = len(order) // 2
+    if len(order) < _SPLIT or (os.cpu_count() or 1) < 2:
+        gather_rows(out, rows, order)
+        return out
+    if _helper is None:
+        _helper = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mlaas4hep-gather")
+    other = _helper.submit(gather_rows, out[:half], rows, order[:half])
+    gather_rows(out[half:], rows, order[half:])
+    other.result()
+    return out
 
 
 def _order(n: int, rng: np.random.Generator) -> np.ndarray:

@@ -23,7 +23,7 @@ from mlaas4hep_dask.config._params import Params
 from mlaas4hep_dask.errors import ConfigError
 from mlaas4hep_dask.handle._layout import Layout, Packed, target_dtype, target_dtype_of
 from mlaas4hep_dask.handle._preprocess import Plan, passing
-from mlaas4hep_dask.handle._rows import take_rows
+from mlaas4hep_dask.handle._rows import Block, take_rows
 from mlaas4hep_dask.handle._weights import WeightScale, sums
 
 __all__ = ["SPLITS", "Tensorize", "split_codes"]
@@ -134,19 +134,23 @@ class Tensorize:
         """Which of these entries of file ``file_index`` belong to this callable's split."""
         return self._codes(file_index, entries) == self.code
 
-    def of_handled(self, packed: Packed, file_index: int) -> tuple[Any, ...] | int:
-        """What :meth:`__call__` returns, from this split's events already handled (by
-        :meth:`handled`: ``packed.w`` holds the weight branch as it is, or ``None``)."""
+    def of_handled(self, events: Block, file_index: int) -> tuple[Any, ...] | int:
+        """What :meth:`__call__` returns, from this split's events already handled and padded
+        (a prepared shard's rows: ``events.w`` holds the weight branch as it is, or ``None``):
+        the rows, targets and weights as a plain tuple ``(X, y, w)``, which the trainer takes
+        as they are (see :func:`~mlaas4hep_dask.handle.received`)."""
         if self.count_only:
-            return len(packed)
-        return self._finish(packed, packed.y, self._physical(packed.w, len(packed), file_index))
+            return len(events)
+        return self._finish(events, events.y, self._physical(events.w, len(events), file_index))
 
-    def _finish(self, packed: Packed, y: np.ndarray | None, w: np.ndarray | None) -> tuple[Any, ...]:
+    def _finish(self, events: Packed | Block, y: np.ndarray | None, w: np.ndarray | None) -> tuple[Any, ...]:
         if self.summing:
             return sums(y, w, self.classes)
         if self.scale is not None:
-            w = self.scale.apply(y, w, len(packed))
-        return dataclasses.replace(packed, y=y, w=w, keep=None).sent()
+            w = self.scale.apply(y, w, len(events))
+        if isinstance(events, Block):
+            return events.X, y, w
+        return dataclasses.replace(events, y=y, w=w, keep=None).sent()
 
     @property
     def classes(self) -> bool:

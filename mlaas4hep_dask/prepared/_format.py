@@ -1,11 +1,12 @@
 """A shard on disk: one partition's handled events as an Arrow IPC file (Feather v2), uncompressed.
 
-Columns, in this order: the event's entry number in its file, each flat branch (float32,
-normalized), each jagged branch as a list of float32 (normalized, at most its slots) followed by
-``len(NAME)`` (its items before clipping, int32), then the label and the weight branch (as it
-is, float32) when the training has them.  Uncompressed, the file is memory-mapped and its
-columns are viewed without a copy: reading it costs what gathering one split's rows costs.
-Any Arrow reader opens it (``pyarrow.feather.read_table``, ``pandas.read_feather``,
+Columns, in this order: the event's entry number in its file (int64); its row of X, as the
+training takes it (normalized, every jagged branch padded to its slots), one fixed-size list
+of float32 (``manifest.json``'s ``columns.features`` names its items, as does the field's
+metadata); then the label and the weight branch (as it is, float32) when the training has
+them.  Uncompressed, the file is memory-mapped and its rows are viewed as one ``(events,
+features)`` matrix without a copy: a training gathers its batches straight from the page
+cache.  Any Arrow reader opens it (``pyarrow.feather.read_table``, ``pandas.read_feather``,
 ``polars.read_ipc``, ``ak.from_arrow``).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -23,34 +25,36 @@ import numpy as np
 
 from mlaas4hep_dask._atomic import replacing
 from mlaas4hep_dask.errors import OutputError, PreparedError
-from mlaas4hep_dask.handle._layout import Layout, Packed
+from mlaas4hep_dask.handle._layout import Layout
+from mlaas4hep_dask.handle._rows import Block, take_rows
 
 __all__ = [
     "FORMAT",
     "Roles",
     "ShardInfo",
     "checksum",
-    "read_packed",
+    "read_rows",
     "read_table",
     "shard_table",
     "write_shard",
 ]
 
 #: Version of the shard and manifest layout; part of every key.
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class Roles:
-    """The names of the columns that are not features: entry number, label, weight."""
+    """The names of the columns: entry number, rows of X, label, weight."""
 
     entry: str = "entry"
     label: str | None = None
     weight: str | None = None
+    rows: str = "X"
 
     @classmethod
     def choose(cls, features: Sequence[str], label: bool, weight: bool) -> Roles:
-        """``entry``, ``label`` and ``weight``, each prefixed by ``_`` until no branch has its name."""
+        """``entry``, ``X``, ``label`` and ``weight``, each prefixed by ``_`` until no branch has its name."""
         taken = set(features) | {f"len({name})" for name in features}
 
         def free(name: str) -> str:
@@ -59,7 +63,8 @@ class Roles:
             taken.add(name)
             return name
 
-        return cls(free("entry"), free("label") if label else None, free("weight") if weight else None)
+        entry, rows = free("entry"), free("X")
+        return cls(entry, free("label") if label else None, free("weight") if weight else None, rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,27 +95,21 @@ class ShardInfo:
     sums: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
-def shard_table(layout: Layout, roles: Roles, packed: Packed, entries: np.ndarray) -> Any:
-    """The Arrow table of a partition's handled events (``packed.w``: the weight branch)."""
+def shard_table(layout: Layout, roles: Roles, events: Block, entries: np.ndarray) -> Any:
+    """The Arrow table of a partition's handled events (``events.w``: the weight branch)."""
     import pyarrow as pa
 
-    columns: dict[str, Any] = {roles.entry: pa.array(np.asarray(entries, np.int64))}
-    for c, name in enumerate(layout.flat):
-        columns[name] = pa.array(np.ascontiguousarray(packed.flat[:, c]))
-    at = 0
-    for b, (name, slots) in enumerate(layout.jagged):
-        kept = np.minimum(packed.lengths[:, b], slots)
-        offsets = np.zeros(len(kept) + 1, np.int32)
-        np.cumsum(kept, out=offsets[1:])
-        values = packed.values[at : at + offsets[-1]]
-        at += int(offsets[-1])
-        columns[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-        columns[f"len({name})"] = pa.array(np.ascontiguousarray(packed.lengths[:, b]))
-    if roles.label is not None and packed.y is not None:
-        columns[roles.label] = pa.array(packed.y)
-    if roles.weight is not None and packed.w is not None:
-        columns[roles.weight] = pa.array(packed.w)
-    return pa.table(columns)
+    X = np.ascontiguousarray(events.X, dtype=np.float32)
+    items = pa.array(X.reshape(-1))
+    rows = pa.FixedSizeListArray.from_arrays(items, X.shape[1])
+    features = {b"features": json.dumps(layout.features).encode()}
+    fields = [pa.field(roles.entry, pa.int64()), pa.field(roles.rows, rows.type, metadata=features)]
+    columns = [pa.array(np.asarray(entries, np.int64)), rows]
+    for name, values in ((roles.label, events.y), (roles.weight, events.w)):
+        if name is not None and values is not None:
+            fields.append(pa.field(name, pa.from_numpy_dtype(values.dtype)))
+            columns.append(pa.array(values))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def checksum(data: Any) -> int:
@@ -171,17 +170,16 @@ def read_table(path: Path, info: ShardInfo, key: str) -> Any:
         raise _damaged(path, key, "the file is missing") from None
     if st.st_size != info.bytes:
         raise _damaged(path, key, f"{st.st_size} bytes where the manifest says {info.bytes}")
-    source = pa.memory_map(str(path))
+    data = pa.memory_map(str(path)).read_buffer()
     identity = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if identity not in _VERIFIED:
-        found = checksum(source.read_buffer())
-        source.seek(0)
+        found = checksum(data)
         if found != info.crc32:
             raise _damaged(path, key, f"CRC-32 {found:08x} where the manifest says {info.crc32:08x}")
         with _VERIFIED_LOCK:
             _VERIFIED.add(identity)
     try:
-        table = pa.ipc.open_file(source).read_all()
+        table = pa.ipc.open_file(pa.BufferReader(data)).read_all()
     except (pa.ArrowInvalid, OSError) as err:
         raise _damaged(path, key, f"not a readable Arrow file: {err}") from None
     if len(table) != info.rows:
@@ -189,30 +187,20 @@ def read_table(path: Path, info: ShardInfo, key: str) -> Any:
     return table
 
 
-def read_packed(table: Any, layout: Layout, roles: Roles, mine: np.ndarray | None) -> Packed:
-    """The events ``mine`` selects (``None``: all) of a shard's table, as the workers send them."""
+def read_rows(table: Any, roles: Roles, mine: np.ndarray | None) -> Block:
+    """The events ``mine`` selects (``None``: all) of a shard's table: views of its memory when
+    it selects them all, else copies of just those."""
 
-    def column(name: str) -> Any:
+    def column(name: str) -> np.ndarray:
         col = table.column(name)
-        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+        return (col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()).to_numpy()
 
-    def values(name: str) -> np.ndarray:
-        out = column(name).to_numpy(zero_copy_only=False)
-        return out if mine is None else out[mine]
-
-    n = len(table) if mine is None else int(np.count_nonzero(mine))
-    flat = np.empty((n, len(layout.flat)), np.float32)
-    for c, name in enumerate(layout.flat):
-        flat[:, c] = values(name)
-    lengths = np.empty((n, len(layout.jagged)), np.int32)
-    items = []
-    for b, (name, _) in enumerate(layout.jagged):
-        lengths[:, b] = values(f"len({name})")
-        lists = column(name)
-        offsets = lists.offsets.to_numpy()
-        content = lists.values.to_numpy()[offsets[0] : offsets[-1]]
-        items.append(content if mine is None else content[np.repeat(mine, np.diff(offsets))])
-    flat_values = np.concatenate(items) if items else np.zeros(0, np.float32)
-    y = values(roles.label) if roles.label is not None else None
-    w = values(roles.weight) if roles.weight is not None else None
-    return Packed(flat, lengths, flat_values.astype(np.float32, copy=False), y, w)
+    rows = table.column(roles.rows)
+    rows = rows.chunk(0) if rows.num_chunks == 1 else rows.combine_chunks()
+    X = rows.flatten().to_numpy().reshape(len(rows), rows.type.list_size)
+    y = column(roles.label) if roles.label is not None else None
+    w = column(roles.weight) if roles.weight is not None else None
+    if mine is None or mine.all():
+        return Block(X, y, w)
+    index = np.flatnonzero(mine)
+    return Block(X.take(index, axis=0), take_rows(y, index), take_rows(w, index))

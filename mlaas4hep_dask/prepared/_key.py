@@ -3,8 +3,9 @@
 In the key: each input file's identity (its ROOT file UUID and size; for a local file also
 its modification time), tree and entry range, and its label; the selected branches, the
 preprocessing, the label and weight branches; what normalizing and padding depend on
-(``normalize``, ``max_jagged``, ``nan_policy``, ``nan``, and the specs when given, else the
-fact that they are computed from these inputs); the format version.  Not in the key: the
+(``normalize``, ``max_jagged``, ``nan_policy``, ``nan``, ``pad_value``, ``jagged_counts``, and
+the specs when given, else the fact that they are computed from these inputs); the format
+version.  Not in the key: the
 order of the files, the partition size, the seed and split fractions (the split is made when
 reading, from the entry numbers the shards keep), the batch size, the epochs, the model.
 """
@@ -81,6 +82,8 @@ def dataset_key(
         "max_jagged": params.max_jagged,
         "nan_policy": params.nan_policy,
         "nan": params.nan,
+        "pad_value": params.pad_value,
+        "jagged_counts": params.jagged_counts,
         "specs": None if specs is None else specs.to_dict(),
     }
     text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,6 +1,6 @@
 """Read and handle once, train many times: :func:`prepare` and the :class:`Prepared` dataset.
 
-On the Dask cluster each partition is read, preprocessed, normalized and written as one shard
+On the Dask cluster each partition is read, preprocessed, normalized, padded and written as one shard
 (:class:`WriteShard`); reading the ROOT files costs one pass when the specs are given or a
 preparation of the key already stored them, else a specs pass and a shard pass.  The shards
 keep every event that passes the cuts, of all splits, with its entry number: training from
@@ -27,13 +27,14 @@ from mlaas4hep_dask.errors import ConfigError, PreparedError
 from mlaas4hep_dask.handle._checks import check_specs
 from mlaas4hep_dask.handle._layout import Layout
 from mlaas4hep_dask.handle._preprocess import Preproc, load_preproc, make_plan
+from mlaas4hep_dask.handle._rows import Block
 from mlaas4hep_dask.handle._specs import Specs, compute_specs
 from mlaas4hep_dask.handle._tensorize import Tensorize
 from mlaas4hep_dask.prepared._format import (
     FORMAT,
     Roles,
     ShardInfo,
-    read_packed,
+    read_rows,
     read_table,
     shard_table,
     write_shard,
@@ -157,7 +158,8 @@ class WriteShard:
             if done is not None:
                 return done
             packed, entries = self.tensorize.handled(partition, file_index, start)
-            table = shard_table(self.tensorize.layout, self.roles, packed, entries)
+            events = Block(self.tensorize.layout.unpacked(packed), packed.y, packed.w)
+            table = shard_table(self.tensorize.layout, self.roles, events, entries)
             size, crc = write_shard(self.folder.path / name, table, self.folder.key)
             weight = self.tensorize.weight_branch
             sums = (
@@ -184,8 +186,7 @@ class ReadShard:
             Folder(self.path, self.key).forget(info.name)  # the next preparation writes it anew
             raise
         mine = self.call.mine(file_index, table.column(self.roles.entry).to_numpy())
-        packed = read_packed(table, self.call.layout, self.roles, mine)
-        return self.call.of_handled(packed, file_index)
+        return self.call.of_handled(read_rows(table, self.roles, mine), file_index)
 
 
 def _shard_names(dataset: Dataset) -> tuple[list[str], dict[tuple[int, int], tuple[str, int]]]:
@@ -331,8 +332,10 @@ def _check_all(folder: Folder, names: Sequence[str]) -> None:
 def _columns(layout: Layout, roles: Roles) -> dict[str, Any]:
     return {
         "entry": roles.entry,
+        "rows": roles.rows,
+        "features": layout.features,
         "flat": list(layout.flat),
-        "jagged": {name: {"slots": slots, "length": f"len({name})"} for name, slots in layout.jagged},
+        "jagged": dict(layout.jagged),
         "label": roles.label,
         "weight": roles.weight,
     }

@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "basket_list_ends",
+    "gather_rows",
     "list_lengths",
     "list_starts",
     "pack_lists",
@@ -144,6 +145,17 @@ def unpack_rows(
         if counts:
             for b in range(nlists):
                 out[k, column + b] = np.float32(lengths[i, b] / max(slots[b], 1))
+
+
+@_compiled
+def gather_rows(out: np.ndarray, rows: np.ndarray, order: np.ndarray) -> None:
+    """``out[j] = rows[order[j]]`` for every position ``j``: a chunk's padded rows gathered in
+    shuffled order, with the GIL released."""
+    width = rows.shape[1]
+    for j in range(order.shape[0]):
+        r = order[j]
+        for c in range(width):
+            out[j, c] = rows[r, c]
 
 
 @_compiled

@@ -15,6 +15,7 @@ from mlaas4hep_dask.fit._common import (
     OVERTRAINING_SAMPLE,
     EpochClock,
     Fitting,
+    StepTimes,
     Waited,
     backend,
     collect,
@@ -42,6 +43,7 @@ class Fitted:
     device: str
     data_wait: list[float]
     trainers: int
+    step_times: list[dict[str, Any]] | None = None  # per trainer: where its steps' time went
 
 
 class Epochs:
@@ -107,12 +109,14 @@ def _on_workers(inputs: Inputs, setup: Setup, epochs: Epochs, bar: Progress) -> 
     return Fitted(
         setup.net, result["validation"], result["test"], result["train_sample"],
         result["seconds"], result["device"], result["data_wait"], result["trainers"],
+        result.get("step_times"),
     )  # fmt: skip
 
 
 def _here(inputs: Inputs, setup: Setup, epochs: Epochs, bar: Progress, device: str, waited: Waited) -> Fitted:
     p, module = inputs.params, inputs.module
     start = time.perf_counter()
+    times = StepTimes() if setup.framework == "torch" else None
     if callable(getattr(module, "fit", None)):
         epochs.net = module.fit(epochs.net, setup.train, setup.loaders["validation"], p)
         epochs.ended(p.epochs, float("nan"))
@@ -120,11 +124,13 @@ def _here(inputs: Inputs, setup: Setup, epochs: Epochs, bar: Progress, device: s
         resumed = inputs.start.state if inputs.start else None
         how = Fitting(
             setup.task, p, device, epochs.ended, bar.advance, setup.loaders["validation"],
-            epochs.checkpoint, resumed, trainers=inputs.trainers,
+            epochs.checkpoint, resumed, trainers=inputs.trainers, times=times,
         )  # fmt: skip
         epochs.net = epochs.backend.fit(epochs.net, waited, how)
     seconds = time.perf_counter() - start
-    return Fitted(epochs.net, None, None, None, seconds, device, [waited.waited / max(seconds, 1e-9)], 1)
+    steps = None if times is None or not times.steps else [times.as_dict(waited.waited, seconds)]
+    wait = [waited.waited / max(seconds, 1e-9)]
+    return Fitted(epochs.net, None, None, None, seconds, device, wait, 1, steps)
 
 
 def _scored_here(setup: Setup, epochs: Epochs, fitted: Fitted) -> Fitted:

@@ -131,6 +131,8 @@ def summary(inputs: Inputs, setup: Setup, fitted: Fitted, rows: list[dict[str, A
         "trainers": fitted.trainers,
         "data_wait": [round(w, 4) for w in fitted.data_wait] if framework != "xgboost" else None,
     }
+    if fitted.step_times is not None:
+        final["step_times"] = fitted.step_times
     return {"framework": framework, "task": dataclasses.asdict(task), "epochs": rows, "final": final}
 
 
