@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 DEMO   := demo-output
 
-.PHONY: install test demo docs bench lint image xrootd-server postgres-server sandbox browser wrk clean
+.PHONY: install test demo docs bench lint image xrootd-server postgres-server sandbox browser wrk slurm slurm-up slurm-down clean
 
 install: $(STAMP)
 
@@ -49,7 +49,23 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else echo "chromium not found and cannot apt-get install it: the browser tests will be skipped"; fi; }
 
-test: install xrootd-server postgres-server sandbox browser
+# --cluster slurm is tested on a real Slurm: Debian's slurmctld, slurmd and munge, installed here when missing.
+slurm:
+	@command -v slurmd >/dev/null 2>&1 || ls /usr/sbin/slurmd >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's Slurm and munge for the Slurm tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null; \
+	  else echo "slurmd not found and cannot apt-get install it: the Slurm tests will be skipped"; fi; }
+
+# A one-node Slurm on 127.0.0.1 to try --cluster slurm on (as root): then export the SLURM_CONF it prints.
+SLURM_DIR ?= /tmp/mlaas4hep-slurm
+slurm-up: install slurm
+	$(PY) -m tests._slurm up $(SLURM_DIR)
+
+slurm-down:
+	$(PY) -m tests._slurm down $(SLURM_DIR)
+
+test: install xrootd-server postgres-server sandbox browser slurm
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install

@@ -168,7 +168,9 @@ def test_a_batch_per_trainer_learns_like_one_trainer_with_the_threads_set(
     steps = two.metrics["final"]["step_times"]
     cores = client.scheduler_info()["workers"].values()
     assert [s["threads"] for s in steps] == [thread_counts(w["nthreads"]) for w in cores]
-    train_events = sum(BatchLoader(data, one.path / "specs.json", params, labels=LABELS, client="sync").counts)
+    train_events = sum(
+        BatchLoader(data, one.path / "specs.json", params, labels=LABELS, client="sync").counts
+    )
     # the step's batch grew with the trainers: half the steps of one trainer
     assert [s["steps"] for s in steps] == [3 * -(-train_events // 256)] * 2
     assert one.metrics["final"]["step_times"][0]["steps"] == 3 * -(-train_events // 128)
@@ -395,3 +397,20 @@ def test_trainers_fed_by_the_other_workers_of_a_tls_cluster(
         )  # fmt: skip
     assert run.metrics["final"]["trainers"] == 2
     assert "training on 2 workers (fed by the other workers)" in caplog.text
+
+
+def test_a_cluster_with_gpus_trains_one_trainer_per_gpu_by_default(data: list[Path], tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    from mlaas4hep_dask.fit._data_parallel import thread_counts
+
+    # two workers that declare a GPU each (as dask-cuda's and a batch farm's do); the trainers
+    # then find none and train on the CPU, so the choice is tested where CI has no GPU
+    params = {**PARAMS, "epochs": 1}
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, resources={"GPU": 1}, processes=True) as cluster,
+        Client(cluster) as gpus,
+    ):
+        run = train(data, MODELS / "torch_model.py", params, LABELS, out=tmp_path / "gpu", client=gpus)
+    assert run.metrics["final"]["trainers"] == 2
+    assert [s["threads"] for s in run.metrics["final"]["step_times"]] == [thread_counts(1)] * 2

@@ -74,7 +74,7 @@ def connect_for(args: argparse.Namespace, secure: bool = False) -> Any:
 
 
 CLUSTER_HELP = (
-    "local (a LocalCluster, default), htcondor (dask-jobqueue), kubernetes (Dask operator), "
+    "local (a LocalCluster, default), htcondor or slurm (dask-jobqueue), kubernetes (Dask operator), "
     "tcp://HOST:PORT (a running scheduler), or threads, processes, sync"
 )
 

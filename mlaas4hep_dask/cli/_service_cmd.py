@@ -50,7 +50,7 @@ def cmd_service(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if (args.scheduler or args.global_cluster) in ("threads", "processes", "sync", "synchronous"):
         raise ConfigError(
-            "the service runs jobs on a distributed cluster: local, htcondor, kubernetes or tcp://"
+            "the service runs jobs on a distributed cluster: local, htcondor, slurm, kubernetes or tcp://"
         )
     if config.insecure_dev:
         if not is_loopback(args.host):

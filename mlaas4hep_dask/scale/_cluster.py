@@ -1,13 +1,15 @@
 """Choose where Dask runs, and the one helper through which the pipeline computes.
 
 ``scheduler`` (the CLI's ``--cluster``) is one of ``"threads"``, ``"processes"``, ``"sync"``
-(Dask's local schedulers), ``"local"`` (a ``distributed.LocalCluster``), ``"htcondor"`` (an
-adaptive ``dask_jobqueue.HTCondorCluster``), ``"kubernetes"`` (a ``dask_kubernetes``
-operator ``KubeCluster``), or a scheduler address (``tcp://host:8786``).
+(Dask's local schedulers), ``"local"`` (a ``distributed.LocalCluster``), ``"htcondor"`` or
+``"slurm"`` (an adaptive ``dask_jobqueue.HTCondorCluster`` or ``SLURMCluster``),
+``"kubernetes"`` (a ``dask_kubernetes`` operator ``KubeCluster``), or a scheduler address
+(``tcp://host:8786``).
 
 Cluster settings follow Dask's configuration conventions: a YAML file (``--cluster-config``,
 or any file in Dask's config path such as ``~/.config/dask/``) holding dask-jobqueue's
-``jobqueue.htcondor.*`` keys, dask-kubernetes' ``kubernetes.*`` keys, and ours under
+``jobqueue.htcondor.*`` and ``jobqueue.slurm.*`` keys, dask-kubernetes' ``kubernetes.*`` keys,
+and ours under
 ``mlaas4hep.cluster``: ``kind`` (the default target), ``workers``, ``threads``, ``memory``
 (``LocalCluster``) and ``adapt: {minimum, maximum}`` (batch and Kubernetes clusters).
 """
@@ -27,7 +29,9 @@ from mlaas4hep_dask.errors import ConfigError
 __all__ = ["CLUSTERS", "WORKER_ENVIRON", "compute", "connect", "load_cluster_config", "local_cluster"]
 
 #: The named targets of ``--cluster`` besides a ``tcp://`` address.
-CLUSTERS = ("local", "htcondor", "kubernetes", "threads", "processes", "sync")
+CLUSTERS = ("local", "htcondor", "slurm", "kubernetes", "threads", "processes", "sync")
+#: The batch systems dask-jobqueue starts workers on, by their ``--cluster`` name.
+_JOBQUEUE = {"htcondor": "HTCondorCluster", "slurm": "SLURMCluster"}
 
 _LOCAL_SCHEDULERS = ("threads", "processes", "sync", "synchronous", "single-threaded")
 
@@ -80,10 +84,10 @@ def _start_cluster(
             dashboard,
             secure,
         )
-    if kind == "htcondor":
+    if kind in _JOBQUEUE:
         dashboard = dashboard or configured_dashboard()
         options = {"scheduler_options": {"dashboard_address": dashboard}} if dashboard else {}
-        cluster = _optional("dask_jobqueue", "htcondor").HTCondorCluster(**options)
+        cluster = getattr(_optional("dask_jobqueue", kind), _JOBQUEUE[kind])(**options)
     else:
         operator = _optional("dask_kubernetes.operator", "kubernetes")
         cluster = operator.KubeCluster(**dask.config.get("mlaas4hep.cluster.kubernetes", {}))
@@ -102,8 +106,8 @@ def connect(
 ) -> Iterator[Any]:
     """Yield what :func:`compute` needs to run on ``scheduler``: a Client or a scheduler name.
 
-    A cluster is started (and shut down on exit) for ``"local"``, ``"htcondor"`` and
-    ``"kubernetes"``; an existing scheduler is connected to for an address.  ``None`` takes
+    A cluster is started (and shut down on exit) for ``"local"``, ``"htcondor"``, ``"slurm"``
+    and ``"kubernetes"``; an existing scheduler is connected to for an address.  ``None`` takes
     ``mlaas4hep.cluster.kind`` from the Dask config (default ``"local"``).  The dashboard of a
     cluster started here listens on ``dashboard_address`` (else the config's
     ``mlaas4hep.cluster.dashboard-address``, else a free port).  ``secure`` starts a local
@@ -124,7 +128,7 @@ def connect(
 
     # None: the loader decides (straight from workers on this machine, else via the scheduler)
     direct = dask.config.get("mlaas4hep.cluster.direct-to-workers", None)
-    if scheduler in ("local", "htcondor", "kubernetes"):
+    if scheduler in ("local", *_JOBQUEUE, "kubernetes"):
         cluster = _start_cluster(
             scheduler, n_workers, threads_per_worker, memory_limit, dashboard_address, secure
         )
@@ -136,7 +140,7 @@ def connect(
         return
     if "://" not in scheduler:
         raise ConfigError(
-            f"unknown cluster {scheduler!r}: use local, htcondor, kubernetes, tcp://HOST:PORT, "
+            f"unknown cluster {scheduler!r}: use local, htcondor, slurm, kubernetes, tcp://HOST:PORT, "
             "threads, processes or sync"
         )
     try:

@@ -16,7 +16,7 @@ from mlaas4hep_dask.fit._common import (
 )
 from mlaas4hep_dask.fit._model_file import ModelFileError
 
-__all__ = ["check_classes", "check_outputs", "device_for", "on_workers_for"]
+__all__ = ["check_classes", "check_outputs", "device_for", "gpu_trainers", "on_workers_for"]
 
 
 def device_for(framework: str, device: str) -> str:
@@ -107,3 +107,15 @@ def on_workers_for(
             "(--cluster local, htcondor, kubernetes or tcp://...), not on threads"
         )
     return True
+
+
+def gpu_trainers(framework: str, inputs: Any, loader: BatchLoader) -> bool:
+    """Whether a training that names no trainers gets one per GPU worker (the default where the
+    cluster's workers offer a ``GPU`` resource and the model can be data-parallel); elsewhere
+    the one trainer in this process, the fastest on a laptop's few cores."""
+    if framework not in ("torch", "keras") or inputs.device == "cpu":
+        return False
+    if callable(getattr(inputs.module, "fit", None)) or not isinstance(loader._executor, Distributed):
+        return False
+    workers = loader._executor.client.scheduler_info()["workers"].values()
+    return any(w.get("resources", {}).get("GPU") for w in workers)

@@ -102,7 +102,7 @@ def _on_workers(inputs: Inputs, setup: Setup, epochs: Epochs, bar: Progress) -> 
     reports = Reports(bar.advance, epochs.add, epochs.checkpoint)
     state = inputs.start.state if inputs.start else None
     result = train_on_workers(
-        setup.train._executor.client, inputs.trainers or 1, setup.loaders, inputs.model_path,
+        setup.train._executor.client, setup.trainers, setup.loaders, inputs.model_path,
         setup.task, inputs.device, state, reports,
     )  # fmt: skip
     epochs.backend.restore(result["weights"], setup.net)
@@ -150,7 +150,7 @@ def fit(
     framework, p = setup.framework, inputs.params
     done = inputs.start.epoch if inputs.start else 0
     total = len(setup.train) * (p.epochs - done if framework != "xgboost" else 1)
-    where = f"{inputs.trainers} trainers on the workers" if setup.parallel else device
+    where = f"{setup.trainers} trainers on the workers" if setup.parallel else device
     _log.info("training a %s model on %s: %d events", framework, where, total)
     rounds = 1 if framework == "xgboost" else p.epochs
     bar = Progress(total, progress, log_every, rounds, min(done + 1, rounds))

@@ -17,7 +17,7 @@ from mlaas4hep_dask.fit._model_file import build_model
 from mlaas4hep_dask.handle._specs import Specs, compute_specs
 from mlaas4hep_dask.prepared._prepare import prepare
 from mlaas4hep_dask.read._dataset import Dataset, open_dataset
-from mlaas4hep_dask.train._checks import check_classes, check_outputs, on_workers_for
+from mlaas4hep_dask.train._checks import check_classes, check_outputs, gpu_trainers, on_workers_for
 from mlaas4hep_dask.train._inputs import Inputs
 
 __all__ = ["Setup", "record_inputs", "set_up"]
@@ -35,6 +35,7 @@ class Setup:
     framework: str
     net: Any
     parallel: bool  # data-parallel trainers on the workers
+    trainers: int | str = 1  # how many, when parallel
 
     @property
     def train(self) -> BatchLoader:
@@ -90,9 +91,12 @@ def set_up(inputs: Inputs, client: Any, on_workers: bool | None) -> Setup:
     framework, net = build_model(inputs.module, train_loader.idim, p.seed)
     check_outputs(framework, net, task, train_loader.idim, inputs.model_path)
     parallel = on_workers_for(framework, inputs.trainers, on_workers, inputs.module, train_loader)
+    trainers = inputs.trainers or 1
+    if inputs.trainers is None and on_workers is None and gpu_trainers(framework, inputs, train_loader):
+        parallel, trainers = True, "all"  # the default on a cluster with GPUs: one trainer per GPU
     if inputs.start is not None and framework not in ("torch", "keras"):
         raise ConfigError(f"--resume: {framework} runs are not checkpointed; train again")
-    return Setup(dataset, loaders, task, framework, net, parallel)
+    return Setup(dataset, loaders, task, framework, net, parallel, trainers)
 
 
 def record_inputs(inputs: Inputs, setup: Setup) -> None:
