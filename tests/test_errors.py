@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -43,6 +44,48 @@ def test_not_a_root_file(tmp_path: Path, content: bytes) -> None:
     path.write_bytes(content)
     with pytest.raises(m.NotRootFileError, match=r"fake\.root' is not a ROOT file"):
         m.compute_specs([path], client="sync")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or os.geteuid() != 0, reason="becoming another user needs root")
+def test_a_file_this_user_cannot_read_is_named_with_what_is_missing(
+    generated: list[Path], tmp_path: Path
+) -> None:
+    import shutil
+    import tempfile
+
+    # pytest's own folders are its user's alone: this one others may enter
+    folder = Path(tempfile.mkdtemp(prefix="mlaas4hep-perm-"))
+    folder.chmod(0o755)
+    closed, locked = folder / "closed.root", folder / "locked" / "in.root"
+    shutil.copyfile(generated[0], closed)
+    closed.chmod(0o600)
+    locked.parent.mkdir()
+    shutil.copyfile(generated[0], locked)
+    locked.parent.chmod(0o700)
+    for path, missing in ((closed, "the file has no r (read) permission"), (locked, "has no x (search)")):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child becomes nobody and opens the file
+            os.close(read)
+            try:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                m.open_dataset([str(p) for p in (path, generated[1])], {"tree": "events"})
+                message = "opened"
+            except BaseException as err:
+                message = f"{type(err).__name__}: {err}"
+            os.write(write, message.encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            message = pipe.read().decode()
+        os.waitpid(pid, 0)
+        assert message.startswith("InputError: input file"), message
+        assert str(path) in message
+        assert "cannot be read by this user" in message
+        assert missing in message
+    shutil.rmtree(folder)
 
 
 def test_directory_given_as_file(tmp_path: Path) -> None:

@@ -483,6 +483,35 @@ def test_bad_submissions_are_refused_with_the_field_named(
     assert message in response.json()["error"]
 
 
+def test_an_input_the_jobs_user_cannot_read_is_refused_at_submit_naming_it(
+    alice: Caller, service: ServiceProcess, generated: list[Path]
+) -> None:
+    import shutil
+
+    if NO_SANDBOX and os.geteuid() == 0:
+        pytest.skip("jobs run unsandboxed, as root, who reads every file: nothing to refuse")
+    root = generated[0].parent
+    closed, locked = root / "closed.root", root / "locked" / "in.root"
+    shutil.copyfile(generated[0], closed)
+    closed.chmod(0o600)  # the owner's alone
+    locked.parent.mkdir(exist_ok=True)
+    shutil.copyfile(generated[0], locked)
+    locked.parent.chmod(0o700)  # a folder others cannot enter
+    try:
+        for path, why in (
+            (closed, "is not readable by others (mode 600)"),
+            (locked, "cannot be entered by others"),
+        ):
+            response = alice.submit(**_job([path, generated[1]]))
+            assert response.status_code == 422, response.text
+            expected = "is not readable by the service's user" if NO_SANDBOX else why
+            assert str(path) in response.json()["error"]
+            assert expected in response.json()["error"]
+    finally:
+        closed.unlink()
+        shutil.rmtree(locked.parent)
+
+
 def test_bad_uploads_are_refused_and_write_nothing_outside(alice: Caller, service: ServiceProcess) -> None:
     before = set(service.workdir.rglob("*"))
     evil = {"../../evil.py": "x", "/etc/evil": "x"}

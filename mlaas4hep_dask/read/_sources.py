@@ -72,12 +72,15 @@ def open_file(path: str, url: str, params: Params) -> Any:
     """Open a ROOT file's directory, turning failures into errors that name the input."""
     if not url.startswith(REMOTE):
         local = Path(url)
-        if not local.exists():
-            raise InputNotFoundError(f"input file {path!r} does not exist")
-        if local.is_dir():
-            raise InputError(f"input {path!r} is a directory, not a ROOT file")
-        with local.open("rb") as fh:
-            header = fh.read(20)
+        try:
+            if not local.exists():
+                raise InputNotFoundError(f"input file {path!r} does not exist")
+            if local.is_dir():
+                raise InputError(f"input {path!r} is a directory, not a ROOT file")
+            with local.open("rb") as fh:
+                header = fh.read(20)
+        except PermissionError:
+            raise InputError(f"input file {path!r} cannot be read by this user: {_denied(local)}") from None
         if header[:4] != b"root":
             raise NotRootFileError(f"input file {path!r} is not a ROOT file")
         _check_complete(path, header, local.stat().st_size)
@@ -96,6 +99,14 @@ def open_file(path: str, url: str, params: Params) -> Any:
         if url.startswith(REMOTE):
             raise RemoteInputError(f"cannot read input {path!r}: {text}") from None
         raise InputError(f"cannot read input {path!r}: {text}") from None
+
+
+def _denied(local: Path) -> str:
+    """What keeps this process's user from reading ``local``: a folder it cannot enter, or the file."""
+    for folder in reversed(local.absolute().parents):
+        if not os.access(folder, os.X_OK):
+            return f"folder {str(folder)!r} has no x (search) permission for it"
+    return "the file has no r (read) permission for it"
 
 
 def _check_complete(path: str, header: bytes, size: int) -> None:

@@ -20,6 +20,7 @@ from mlaas4hep_dask.config._files import parse_json
 from mlaas4hep_dask.config._params import Params, load_labels
 from mlaas4hep_dask.errors import ConfigError, MLaaSError
 from mlaas4hep_dask.handle._preprocess import load_preproc
+from mlaas4hep_dask.service._access import unreadable
 from mlaas4hep_dask.service.config import ServiceConfig
 
 __all__ = ["NAME_PATTERN", "Resources", "Submission", "SubmissionError", "job_spec"]
@@ -134,11 +135,15 @@ def _check_file(path: str, config: ServiceConfig, upload: Path | None, redirecto
         return
     resolved = candidate.resolve()
     roots = config.data_roots
-    if not any(resolved.is_relative_to(root) for root in roots):
+    under = [root for root in roots if resolved.is_relative_to(root)]
+    if not under:
         allowed = ", ".join(map(str, roots)) or "none configured (--data-root)"
         raise SubmissionError(f"files: local path {path!r} is outside the service's data roots ({allowed})")
     if not resolved.is_file():
         raise SubmissionError(f"files: {path!r} does not exist")
+    why = unreadable(resolved, under[0], as_service=config.unsandboxed_jobs)
+    if why is not None:
+        raise SubmissionError(f"files: {why}")
 
 
 def _from_upload(upload: Path | None, field: str) -> str | None:
