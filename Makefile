@@ -91,7 +91,7 @@ wrk:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
 	  else echo "wrk not found and cannot apt-get install it: benchmarks/serve.py will stop"; fi; }
 
-bench: install wrk
+bench: install wrk slurm
 	$(PY) benchmarks/specs.py
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/serve.py
@@ -100,6 +100,7 @@ bench: install wrk
 	$(PY) benchmarks/loader_costs.py
 	$(PY) benchmarks/train_scaling.py
 	$(PY) benchmarks/prepared.py
+	$(PY) benchmarks/slurm.py
 
 lint: install
 	$(VENV)/bin/ruff check mlaas4hep_dask tests benchmarks docs

@@ -45,6 +45,8 @@ def averaging(model: Any, world: int) -> Callable[[], None]:
     import torch.distributed as dist
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+    if world == 1:  # nothing to average (and no collective to wait in)
+        return lambda: None
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():
         weights = _flatten_dense_tensors([p.data for p in params])
